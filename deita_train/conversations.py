@@ -136,7 +136,7 @@ def _converted_turns(record: dict[str, Any], err: Any) -> tuple[list[Any], str, 
     return out, key, converted
 
 
-def _check_alternation(turns: list[dict[str, Any]], key: str, err: Any) -> None:
+def _check_alternation(turns: list[dict[str, Any]], key: str, err: Any, role_key: str = "from") -> None:
     start = 1 if turns[0]["from"] == "system" else 0
     if start == 1 and len(turns) == 1:
         raise err("conversation has a system turn and nothing else", key)
@@ -149,7 +149,7 @@ def _check_alternation(turns: list[dict[str, Any]], key: str, err: Any) -> None:
                 why = "a system turn is only allowed first"
             else:
                 why = f"turns must alternate human/gpt: two {turns[i]['from']!r} turns in a row"
-            raise err(why, f"{key}[{i}].{'from'}")
+            raise err(why, f"{key}[{i}].{role_key}")
 
 
 def validate_record(
@@ -177,7 +177,7 @@ def validate_record(
     if rid_str is not None and not rid_str.strip():
         raise err("id is empty", "id")
     turns, key, converted = _converted_turns(record, err)
-    _check_alternation(turns, key, err)
+    _check_alternation(turns, key, err, "role" if key == "messages" else "from")
     n_chars = sum(len(t["value"]) for t in turns)
     if max_chars is not None and n_chars > max_chars:
         raise err(f"conversation has {n_chars} characters, over the max_chars limit of {max_chars}", key)
@@ -231,7 +231,10 @@ def _iter_dataset(ds: Any) -> Iterator[tuple[int | None, Any, ConversationError 
         yield None, dict(rec), None
 
 
-def _open_source(source: str | Path, split: str | None) -> Iterator[tuple[int | None, Any, ConversationError | None]]:
+def iter_source(
+    source: str | Path, split: str | None = None
+) -> Iterator[tuple[int | None, Any, ConversationError | None]]:
+    """Raw records of a source, unvalidated: (JSONL line or None, record, parse error or None) each."""
     path = Path(source)
     if path.is_dir():
         import datasets
@@ -275,7 +278,7 @@ def load_conversations_with_report(
     report = LoadReport(source=name)
     kept: list[dict[str, Any]] = []
     first_index: dict[str, int] = {}
-    for index, (line, raw, parse_error) in enumerate(_open_source(source, split)):
+    for index, (line, raw, parse_error) in enumerate(iter_source(source, split)):
         report.n_in += 1
         try:
             if parse_error is not None:
