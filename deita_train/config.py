@@ -17,7 +17,7 @@ from trl import TrlParser
 
 def parse_config(*dataclass_types: type, args: Sequence[str] | None = None) -> tuple[Any, ...]:
     """Parse `--config path.yaml --key value ...` into instances of `dataclass_types` (unknown keys raise)."""
-    parser = TrlParser(dataclass_types)
+    parser = TrlParser(dataclass_types, allow_abbrev=False)
     return tuple(
         parser.parse_args_and_config(args=list(args) if args is not None else None, fail_with_unknown_args=True)
     )

@@ -1,6 +1,10 @@
 """`make demo`: the whole pipeline on the embedded default (tiny models, the project's demo pool), on CPU.
 
-Each stage is cached (see `deita_train.stages`): a second run reuses what did not change.
+pool -> EVOL data -> scorers -> scores -> embeddings -> selection -> SFT -> DPO -> MT-Bench -> publish
+(dry run) -> report. Each stage runs the tiny recipe of its step (`recipes/*/tiny*.yaml`) with its
+paths pointed into ``output_dir``, through the same functions the runnable steps call. Stages are
+cached (`deita_train.stages`): a second run reuses every stage whose inputs and config did not change.
+The documented equivalent for real runs is `recipes/pipeline/README.md`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from deita_train.stages import Stage, StageRunner
 
 
 logger = logging.getLogger("deita_train.demo")
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 @dataclass
@@ -22,6 +27,15 @@ class DemoConfig:
     output_dir: str = field(default="runs/demo", metadata={"help": "Where every stage writes its outputs."})
     force: bool = field(default=False, metadata={"help": "Redo every stage even if nothing changed."})
     max_length: int = field(default=256, metadata={"help": "Token budget per sample for the tiny runs."})
+    budgets: list[int] = field(default_factory=lambda: [20, 40], metadata={"help": "Selection sizes (demo)."})
+    mt_bench_questions: int = field(default=4, metadata={"help": "Demo MT-Bench questions to answer and judge."})
+
+
+def recipe(*parts: str) -> str:
+    path = RECIPES.joinpath(*parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {path} not found: the demo runs the repository's tiny recipes")
+    return str(path)
 
 
 def stage_pool(out: Path) -> dict[str, Any]:
@@ -40,7 +54,7 @@ def stage_pool(out: Path) -> dict[str, Any]:
 
 
 def stage_tiny_models(out: Path) -> dict[str, Any]:
-    """The embedded default models: a chat base model and two scorer bases, random weights, real tokenizer."""
+    """The embedded default: a chat base model and two scorer bases (random weights, real tokenizer)."""
     from deita_train.tiny import make_tiny_checkpoint
 
     paths = {
@@ -76,19 +90,267 @@ def stage_tokenize(out: Path, pool: Path, model_dir: Path, max_length: int) -> d
     return counts
 
 
+def stage_evol(out: Path) -> dict[str, Any]:
+    """EVOL Complexity and Quality against a local OpenAI-compatible endpoint that the stage starts."""
+    from deita_train.evol import build_demo_evol_sets
+
+    counts = build_demo_evol_sets(out, num_seeds=12)
+    return {k: v for k, v in counts.items() if not isinstance(v, (dict, list))}
+
+
+def _train_summary(result: Any) -> dict[str, Any]:
+    """Numbers from a training run's result, whatever its exact shape."""
+    if isinstance(result, dict):
+        return {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    return {
+        k: v
+        for k, v in vars(result).items()
+        if isinstance(v, (int, float, str, Path)) and not isinstance(v, bool) and not k.startswith("_")
+    } | {"output_dir": str(getattr(result, "output_dir", ""))}
+
+
+def stage_scorers(out: Path, evol: Path, models: Path, max_length: int) -> dict[str, Any]:
+    """Train the tiny complexity and quality scorers on the EVOL sets (prompt -> digit, loss on the digit)."""
+    from deita_train.sft import main as sft_main
+
+    summary = {}
+    for kind in ("complexity", "quality"):
+        result = sft_main(
+            [
+                "--config", recipe("tiny", "scorer.yaml"),
+                "--model_name_or_path", str(models / f"{kind}_base"),
+                "--dataset_name", str(evol / f"{kind}_train.jsonl"),
+                "--output_dir", str(out / kind),
+                "--max_length", str(max_length),
+            ]
+        )  # fmt: skip
+        summary |= {f"{kind}_{k}": v for k, v in _train_summary(result).items() if k != "output_dir"}
+    return summary
+
+
+def stage_score(out: Path, pool: Path, scorers: Path, max_length: int) -> dict[str, Any]:
+    from deita_train.scoring import ScoreConfig, score_pool
+
+    (cfg,) = parse_config(
+        ScoreConfig,
+        args=[
+            "--config", recipe("score", "tiny.yaml"),
+            "--input_path", str(pool),
+            "--output_dir", str(out),
+            "--complexity_model", str(scorers / "complexity"),
+            "--quality_model", str(scorers / "quality"),
+            "--max_length", str(max_length),
+        ],
+    )  # fmt: skip
+    return score_pool(cfg)
+
+
+def stage_embed(out: Path, scored: Path, base: Path) -> dict[str, Any]:
+    from deita_train.embedding import EmbedConfig, embed_pool
+
+    (cfg,) = parse_config(
+        EmbedConfig,
+        args=[
+            "--config", recipe("embed", "tiny.yaml"),
+            "--input_path", str(scored),
+            "--output_dir", str(out),
+            "--model_name_or_path", str(base),
+        ],
+    )  # fmt: skip
+    return embed_pool(cfg)
+
+
+def stage_select(out: Path, scored: Path, embeddings: Path, budgets: list[int]) -> dict[str, Any]:
+    from deita_train.select_step import SelectConfig, run_selection
+
+    (cfg,) = parse_config(
+        SelectConfig,
+        args=[
+            "--config", recipe("select", "tiny.yaml"),
+            "--scored_path", str(scored),
+            "--embeddings_dir", str(embeddings),
+            "--output_dir", str(out),
+            "--budgets", *map(str, budgets),
+            "--source_pools", "deita-train demo pool",
+        ],
+    )  # fmt: skip
+    counts = run_selection(cfg)
+    return {k: v for k, v in counts.items() if not isinstance(v, (dict, list))}
+
+
+def stage_sft(out: Path, selected: Path, base: Path, max_length: int) -> dict[str, Any]:
+    """SFT of the tiny chat model on the selection with vicuna_v1.1, loss on the replies only."""
+    from deita_train.sft import main as sft_main
+
+    result = sft_main(
+        [
+            "--config", recipe("tiny", "sft.yaml"),
+            "--model_name_or_path", str(base),
+            "--dataset_name", str(selected),
+            "--output_dir", str(out),
+            "--max_length", str(max_length),
+        ]
+    )  # fmt: skip
+    return _train_summary(result)
+
+
+def stage_ultrafeedback(out: Path) -> dict[str, Any]:
+    from deita_train.ultrafeedback import UltraFeedbackConfig, sample_ultrafeedback
+
+    (cfg,) = parse_config(
+        UltraFeedbackConfig,
+        args=["--config", recipe("data", "tiny-ultrafeedback.yaml"), "--output_dir", str(out)],
+    )
+    counts = sample_ultrafeedback(cfg)
+    return {k: v for k, v in counts.items() if not isinstance(v, (dict, list))}
+
+
+def stage_dpo(out: Path, pairs: Path, sft_model: Path, max_length: int) -> dict[str, Any]:
+    """DPO on the sampled pairs, the SFT model as both the starting point and the reference."""
+    from deita_train.dpo import main as dpo_main
+
+    result = dpo_main(
+        [
+            "--config", recipe("tiny", "dpo.yaml"),
+            "--model_name_or_path", str(sft_model),
+            "--dataset_name", str(pairs),
+            "--output_dir", str(out),
+            "--max_length", str(max_length),
+        ]
+    )  # fmt: skip
+    return _train_summary(result)
+
+
+def stage_mt_bench(out: Path, model: Path, n_questions: int) -> dict[str, Any]:
+    """Answer the project's demo MT-Bench questions and judge them with a local stub judge."""
+    from deita_train.evaluation.mt_bench import run_demo_eval
+    from deita_train.jsonl import write_json
+
+    result = run_demo_eval(model, out, n_questions=n_questions, max_new_tokens=32)
+    (out / "table.txt").write_text(result["table"] + "\n", encoding="utf-8")
+    write_json(out / "summary.json", result["summary"])
+    print(result["table"], flush=True)
+    report = result["report"]
+    return {"judged": report.n_judged, "ok": report.n_ok, "failed": report.n_failed, "matches": report.n_matches}
+
+
+def stage_publish(out: Path, model: Path, mt_bench: Path) -> dict[str, Any]:
+    """Dry-run publish of the chat model: exactly what would be uploaded, card included, no token needed."""
+    from deita_train.publish import main as publish_main
+
+    args = ["model", "--path", str(model), "--repo_id", "local/deita-tiny-demo", "--dry_run", str(out / "model")]
+    summary_json = mt_bench / "summary.json"
+    if summary_json.exists():
+        args += ["--eval_results", str(summary_json)]
+    return {"dry_run_dir": str(publish_main(args))}
+
+
+def stage_report(out: Path, run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Plots (score histograms, selection curve, loss curves) and a Markdown summary of the whole run."""
+    import json
+
+    from deita_train.report import loss_curves, score_histograms, selection_curve, write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, str] = {}
+    out_summary: dict[str, Any] = {}
+    scored = run_dir / "score" / "scored.jsonl"
+    if scored.exists():
+        out_summary |= score_histograms(scored, out / "score_histograms.png")
+        figures["Score histograms"] = "score_histograms.png"
+    stats_path = run_dir / "select" / "selection_stats.json"
+    if stats_path.exists():
+        stats = json.loads(stats_path.read_text())
+        curve = stats.get("kept_vs_scanned") or {}
+        if curve.get("kept"):
+            selection_curve(curve["scanned"], curve["kept"], out / "selection_curve.png", stats.get("budgets", []))
+            figures["Selection curve (kept vs scanned)"] = "selection_curve.png"
+    states = {
+        name: p
+        for name, p in {
+            "scorer: complexity": run_dir / "scorers" / "complexity" / "trainer_state.json",
+            "scorer: quality": run_dir / "scorers" / "quality" / "trainer_state.json",
+            "SFT": run_dir / "sft" / "trainer_state.json",
+            "DPO": run_dir / "dpo" / "trainer_state.json",
+        }.items()
+        if p.exists()
+    }
+    if states:
+        out_summary["loss"] = loss_curves(states, out / "loss_curves.png")
+        figures["Training loss"] = "loss_curves.png"
+    table_path = run_dir / "mt_bench" / "table.txt"
+    eval_table = table_path.read_text() if table_path.exists() else None
+    path = write_report(out, records, figures, eval_table)
+    return {"report": str(path), "figures": len(figures)}
+
+
 def build_stages(cfg: DemoConfig) -> list[Stage]:
     out = Path(cfg.output_dir)
     pool = out / "pool" / "pool.jsonl"
     models = out / "tiny_models"
+    n = cfg.max_length
+    selected = out / "select" / f"deita-{min(cfg.budgets)}" / f"deita-{min(cfg.budgets)}.jsonl"
     return [
         Stage("pool", stage_pool, outputs=["pool.jsonl", "rejects.jsonl"]),
         Stage("tiny_models", stage_tiny_models, outputs=["base/model.safetensors"]),
         Stage(
-            "tokenize",
-            lambda d: stage_tokenize(d, pool, models / "base", cfg.max_length),
-            config={"max_length": cfg.max_length},
-            inputs=[pool],
-            outputs=["masked_sample.txt"],
+            "tokenize", lambda d: stage_tokenize(d, pool, models / "base", n), {"n": n}, [pool], ["masked_sample.txt"]
+        ),
+        Stage("evol", stage_evol, outputs=["complexity_train.jsonl", "quality_train.jsonl"]),
+        Stage(
+            "scorers",
+            lambda d: stage_scorers(d, out / "evol", models, n),
+            {"n": n},
+            [out / "evol" / "complexity_train.jsonl", out / "evol" / "quality_train.jsonl"],
+            ["complexity/model.safetensors", "quality/model.safetensors"],
+        ),
+        Stage(
+            "score",
+            lambda d: stage_score(d, pool, out / "scorers", n),
+            {"n": n},
+            [
+                pool,
+                out / "scorers" / "complexity" / "model.safetensors",
+                out / "scorers" / "quality" / "model.safetensors",
+            ],
+            ["scored.jsonl"],
+        ),
+        Stage(
+            "embed",
+            lambda d: stage_embed(d, out / "score" / "scored.jsonl", models / "base"),
+            inputs=[out / "score" / "scored.jsonl"],
+            outputs=["embeddings.npy", "ids.json"],
+        ),
+        Stage(
+            "select",
+            lambda d: stage_select(d, out / "score" / "scored.jsonl", out / "embed", cfg.budgets),
+            {"budgets": cfg.budgets},
+            [out / "score" / "scored.jsonl", out / "embed" / "embeddings.npy"],
+            ["selection_stats.json"],
+        ),
+        Stage(
+            "sft", lambda d: stage_sft(d, selected, models / "base", n), {"n": n}, [selected], ["model.safetensors"]
+        ),
+        Stage("ultrafeedback", stage_ultrafeedback, outputs=["pairs.jsonl"]),
+        Stage(
+            "dpo",
+            lambda d: stage_dpo(d, out / "ultrafeedback" / "pairs.jsonl", out / "sft", n),
+            {"n": n},
+            [out / "ultrafeedback" / "pairs.jsonl", out / "sft" / "model.safetensors"],
+            ["model.safetensors"],
+        ),
+        Stage(
+            "mt_bench",
+            lambda d: stage_mt_bench(d, out / "dpo", cfg.mt_bench_questions),
+            {"q": cfg.mt_bench_questions},
+            [out / "dpo" / "model.safetensors"],
+            ["table.txt"],
+        ),
+        Stage(
+            "publish",
+            lambda d: stage_publish(d, out / "dpo", out / "mt_bench"),
+            inputs=[out / "dpo" / "model.safetensors", out / "mt_bench" / "table.txt"],
+            outputs=["model/README.md"],
         ),
     ]
 
@@ -98,7 +360,7 @@ def summarize(records: list[dict[str, Any]]) -> str:
     for r in records:
         counts = {k: v for k, v in r["summary"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         status = "reused" if r.get("reused") else "ran"
-        shown = ", ".join(f"{k}={v}" for k, v in counts.items())
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(counts.items())[:8])
         lines.append(f"{r['name']:<14} {status:<8} {r['seconds']:>8.1f}  {shown}")
     return "\n".join(lines)
 
@@ -106,9 +368,14 @@ def summarize(records: list[dict[str, Any]]) -> str:
 def main(args: list[str] | None = None) -> list[dict[str, Any]]:
     setup_logging()
     (cfg,) = parse_config(DemoConfig, args=args)
-    runner = StageRunner(cfg.output_dir, force=cfg.force)
+    out = Path(cfg.output_dir)
+    runner = StageRunner(out, force=cfg.force)
     records = runner.run_all(build_stages(cfg))
+    report = stage_report(out / "report", out, records)
+    total = sum(r["seconds"] for r in records if not r.get("reused"))
     print(summarize(records), flush=True)
+    print(f"\nran {sum(not r.get('reused') for r in records)} of {len(records)} stages in {total:.0f}s; "
+          f"report: {report['report']}", flush=True)  # fmt: skip
     return records
 
 

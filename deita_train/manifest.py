@@ -15,7 +15,6 @@ from typing import Any
 from deita_train.jsonl import file_sha256, write_json
 
 
-_SECRET_MARKERS = ("token", "api_key", "apikey", "secret", "password")
 _PACKAGES = (
     "deita-train",
     "torch",
@@ -32,9 +31,33 @@ _PACKAGES = (
 )
 
 
+_SPECIAL_TOKEN_KEYS = ("bos", "eos", "pad", "unk", "sep", "cls", "mask")
+
+
 def is_secret_key(key: str) -> bool:
-    k = key.lower()
-    return any(m in k for m in _SECRET_MARKERS) and not k.endswith(("_env", "_tokens", "tokens", "_token_id"))
+    """api_key, hub_token, password, ... but not max_tokens, eos_token or api_key_env (names, not secrets)."""
+    words = key.lower().replace("-", "_").split("_")
+    if words[-1] in ("env", "id", "ids") or words[0] in _SPECIAL_TOKEN_KEYS:
+        return False
+    joined = "_".join(words)
+    return "token" in words or "api_key" in joined or "apikey" in words or "secret" in words or "password" in words
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """A command line with the values of secret-looking flags (`--hub_token X`, `--api_key=X`) replaced."""
+    out, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            out.append("<redacted>")
+            hide_next = False
+            continue
+        if arg.startswith("--") and is_secret_key(arg[2:].split("=", 1)[0]):
+            if "=" in arg:
+                arg = arg.split("=", 1)[0] + "=<redacted>"
+            else:
+                hide_next = True
+        out.append(arg)
+    return out
 
 
 def redact(obj: Any) -> Any:
@@ -85,7 +108,7 @@ def write_manifest(
     manifest = {
         "step": step,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": redact_argv([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "config": redact(config),
         "inputs": [{"path": str(p), "sha256": file_sha256(p)} for p in inputs if Path(p).exists()],
         "outputs": [str(p) for p in outputs],

@@ -44,27 +44,39 @@ class StageRunner:
         hashes = [(str(p), file_sha256(p) if Path(p).exists() else None) for p in stage.inputs]
         return fingerprint(stage.name, stage.config, hashes)
 
-    def run(self, stage: Stage, index: int | None = None, total: int | None = None) -> dict[str, Any]:
+    def _current_record(self, stage: Stage, stamp: str) -> dict[str, Any] | None:
+        """The stored record of `stage` if it is still valid (same stamp, outputs present), else None."""
         stage_dir = self.out_dir / stage.name
         record_path = stage_dir / "stage.json"
+        if self.force or not record_path.exists():
+            return None
+        old = json.loads(record_path.read_text())
+        if old.get("stamp") != stamp or not all((stage_dir / o).exists() for o in stage.outputs):
+            return None
+        return old
+
+    def is_current(self, stage: Stage) -> bool:
+        return self._current_record(stage, self.stamp(stage)) is not None
+
+    def run(self, stage: Stage, index: int | None = None, total: int | None = None) -> dict[str, Any]:
+        stage_dir = self.out_dir / stage.name
         stamp = self.stamp(stage)
         tag = f"[{index}/{total}] " if index is not None else ""
-        if not self.force and record_path.exists():
-            old = json.loads(record_path.read_text())
-            if old.get("stamp") == stamp and all((stage_dir / o).exists() for o in stage.outputs):
-                logger.info(
-                    "%s%s: inputs and config unchanged, reusing (%.1fs originally)", tag, stage.name, old["seconds"]
-                )
-                old["reused"] = True
-                self.records.append(old)
-                return old["summary"]
+        old = self._current_record(stage, stamp)
+        if old is not None:
+            logger.info(
+                "%s%s: inputs and config unchanged, reusing (%.1fs originally)", tag, stage.name, old["seconds"]
+            )
+            old["reused"] = True
+            self.records.append(old)
+            return old["summary"]
         logger.info("%s%s: running", tag, stage.name)
         stage_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         summary = stage.run(stage_dir)
         seconds = time.perf_counter() - start
         record = {"name": stage.name, "stamp": stamp, "seconds": seconds, "summary": summary, "reused": False}
-        write_json(record_path, record)
+        write_json(stage_dir / "stage.json", record)
         self.records.append(record)
         logger.info("%s%s: done in %.1fs", tag, stage.name, seconds)
         return summary
