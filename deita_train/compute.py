@@ -1,13 +1,15 @@
 """Expected GPU-hours per stage, from the FLOP count: the figures in README's reproduction guide.
 
 The estimate is the standard dense-transformer count: a forward pass costs ``2 * N * T`` FLOPs and
-a training step ``6 * N * T`` (forward + backward) for ``N`` parameters and ``T`` tokens (attention's
-extra ``O(T^2)`` term is small at 2048 tokens and is left out). GPU-hours = FLOPs / (peak x MFU) / 3600.
+a training step ``6 * N * T`` (forward + backward) for ``N`` parameters and ``T`` tokens, plus one
+more forward (``2 * N * T``) for the activation checkpointing every real recipe turns on; DPO adds
+the reference model's forward. Attention's extra ``O(T^2)`` term is small at 2048 tokens and is left
+out. GPU-hours = FLOPs / (peak x MFU) / 3600.
 Token counts are the stated assumptions below (override them on the command line); MFU is an
 assumption too, not a measurement: a run's own logs give the real figure.
 
-    python -m deita_train.compute              # the README table (H100 bf16, 40% MFU)
-    python -m deita_train.compute --mfu 0.3 --peak_tflops 312   # A100
+    python -m deita_train.compute              # the README table (H100 and A100, bf16, 40% MFU)
+    python -m deita_train.compute --mfu 0.3
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ MISTRAL_7B_PARAMS = 7.24e9
 LLAMA_7B_PARAMS = 6.74e9  # the released Deita scorers are 7B LLaMA-1 despite their cards (hkust-nlp/deita#18)
 LLAMA_13B_PARAMS = 13.0e9
 H100_BF16_DENSE_TFLOPS = 989.0
+A100_BF16_DENSE_TFLOPS = 312.0
 
 
 @dataclass
@@ -28,7 +31,9 @@ class StageEstimate:
     model: str
     params: float
     tokens: float
-    flops_per_token_per_param: int  # 2 forward only, 6 training, 8 DPO (policy fwd+bwd, reference fwd)
+    flops_per_token_per_param: (
+        int  # 2 forward only; 8 training (fwd + bwd + checkpoint recompute); 10 DPO (+ reference)
+    )
     assumption: str
 
     @property
@@ -63,7 +68,7 @@ def deita_stages(
             "LLaMA-13B",
             LLAMA_13B_PARAMS,
             2 * scorer_samples * scorer_tokens * scorer_epochs,
-            6,
+            8,
             f"{scorer_samples} samples x {scorer_tokens:.0f} tokens x {scorer_epochs} epochs, two scorers",
         ),
         StageEstimate(
@@ -89,7 +94,7 @@ def deita_stages(
             "Mistral-7B",
             MISTRAL_7B_PARAMS,
             sft_samples * sft_tokens * sft_epochs,
-            6,
+            8,
             f"{sft_samples} samples x {sft_tokens:.0f} tokens x {sft_epochs} epochs (no padding waste)",
         ),
         StageEstimate(
@@ -97,36 +102,39 @@ def deita_stages(
             "Mistral-7B",
             MISTRAL_7B_PARAMS,
             dpo_pairs * dpo_pair_tokens * dpo_epochs,
-            8,
+            10,
             f"{dpo_pairs} pairs x {dpo_pair_tokens:.0f} tokens (chosen + rejected) x {dpo_epochs} epochs",
         ),
     ]
 
 
-def format_table(stages: list[StageEstimate], peak_tflops: float, mfu: float) -> str:
+def format_table(stages: list[StageEstimate], mfu: float) -> str:
     lines = [
-        f"Assumed: {peak_tflops:g} TFLOP/s peak (bf16 dense), {mfu:.0%} MFU.",
+        f"Assumed: {mfu:.0%} MFU of the bf16 dense peak (H100 {H100_BF16_DENSE_TFLOPS:g}, A100 {A100_BF16_DENSE_TFLOPS:g} TFLOP/s).",
         "",
-        "| stage | model | tokens | FLOPs | GPU-hours | assumption |",
-        "|---|---|---:|---:|---:|---|",
+        "| stage | model | tokens | FLOPs | H100 GPU-hours | A100 GPU-hours | assumption |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
-    total = 0.0
+    totals = [0.0, 0.0]
     for s in stages:
-        hours = s.gpu_hours(peak_tflops, mfu) if s.params else 0.0
-        total += hours
-        lines.append(f"| {s.stage} | {s.model} | {s.tokens:.3g} | {s.flops:.2e} | {hours:.1f} | {s.assumption} |")
-    lines.append(f"| **total** | | | | **{total:.1f}** | |")
+        hours = [
+            s.gpu_hours(peak, mfu) if s.params else 0.0 for peak in (H100_BF16_DENSE_TFLOPS, A100_BF16_DENSE_TFLOPS)
+        ]
+        totals = [t + h for t, h in zip(totals, hours)]
+        lines.append(
+            f"| {s.stage} | {s.model} | {s.tokens:.3g} | {s.flops:.2e} | {hours[0]:.1f} | {hours[1]:.1f} | {s.assumption} |"
+        )
+    lines.append(f"| **total** | | | | **{totals[0]:.1f}** | **{totals[1]:.1f}** | |")
     return "\n".join(lines)
 
 
 def main(args: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--peak_tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
     parser.add_argument("--mfu", type=float, default=0.4)
     parser.add_argument("--pool_size", type=int, default=300_000)
     parser.add_argument("--sft_samples", type=int, default=6_000)
     ns = parser.parse_args(args)
-    table = format_table(deita_stages(pool_size=ns.pool_size, sft_samples=ns.sft_samples), ns.peak_tflops, ns.mfu)
+    table = format_table(deita_stages(pool_size=ns.pool_size, sft_samples=ns.sft_samples), ns.mfu)
     print(table)
     return table
 

@@ -99,14 +99,10 @@ def stage_evol(out: Path) -> dict[str, Any]:
 
 
 def _train_summary(result: Any) -> dict[str, Any]:
-    """Numbers from a training run's result, whatever its exact shape."""
-    if isinstance(result, dict):
-        return {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    return {
-        k: v
-        for k, v in vars(result).items()
-        if isinstance(v, (int, float, str, Path)) and not isinstance(v, bool) and not k.startswith("_")
-    } | {"output_dir": str(getattr(result, "output_dir", ""))}
+    """Counts and final metrics of a training run (`deita_train.training.RunResult`)."""
+    counts = {k: v for k, v in result.data.as_dict().items() if k in ("n_in", "n_train", "n_truncated", "n_dropped")}
+    metrics = {k: float(result.metrics[k]) for k in ("train_loss", "train_runtime") if k in result.metrics}
+    return counts | metrics
 
 
 def stage_scorers(out: Path, evol: Path, models: Path, max_length: int) -> dict[str, Any]:
@@ -124,7 +120,7 @@ def stage_scorers(out: Path, evol: Path, models: Path, max_length: int) -> dict[
                 "--max_length", str(max_length),
             ]
         )  # fmt: skip
-        summary |= {f"{kind}_{k}": v for k, v in _train_summary(result).items() if k != "output_dir"}
+        summary |= {f"{kind}_{k}": v for k, v in _train_summary(result).items()}
     return summary
 
 

@@ -56,6 +56,6 @@ def test_manifest_redacts_secrets_and_hashes_inputs(tmp_path):
 def test_gpu_hours_follow_the_flop_count():
     stages = {s.stage: s for s in deita_stages()}
     sft = stages["SFT deita-6k"]
-    assert sft.flops == 6 * 7.24e9 * 6000 * 1800 * 6
+    assert sft.flops == 8 * 7.24e9 * 6000 * 1800 * 6, "fwd + bwd + the checkpointing recompute"
     assert abs(sft.gpu_hours(1000, 0.5) - sft.flops / 5e14 / 3600) < 1e-9
-    assert "| **total** |" in format_table(list(stages.values()), 989, 0.4)
+    assert "| **total** |" in format_table(list(stages.values()), 0.4)
