@@ -20,6 +20,8 @@ from deita_train.stages import Stage, StageRunner
 
 logger = logging.getLogger("deita_train.demo")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+# The demo's stages are cached as a whole, so mid-run checkpoints only cost time (resume is tested on its own).
+NO_CHECKPOINTS = ("--save_strategy", "no")
 
 
 @dataclass
@@ -118,6 +120,7 @@ def stage_scorers(out: Path, evol: Path, models: Path, max_length: int) -> dict[
                 "--dataset_name", str(evol / f"{kind}_train.jsonl"),
                 "--output_dir", str(out / kind),
                 "--max_length", str(max_length),
+                *NO_CHECKPOINTS,
             ]
         )  # fmt: skip
         summary |= {f"{kind}_{k}": v for k, v in _train_summary(result).items()}
@@ -185,6 +188,7 @@ def stage_sft(out: Path, selected: Path, base: Path, max_length: int) -> dict[st
             "--dataset_name", str(selected),
             "--output_dir", str(out),
             "--max_length", str(max_length),
+            *NO_CHECKPOINTS,
         ]
     )  # fmt: skip
     return _train_summary(result)
@@ -212,6 +216,7 @@ def stage_dpo(out: Path, pairs: Path, sft_model: Path, max_length: int) -> dict[
             "--dataset_name", str(pairs),
             "--output_dir", str(out),
             "--max_length", str(max_length),
+            *NO_CHECKPOINTS,
         ]
     )  # fmt: skip
     return _train_summary(result)
@@ -244,6 +249,7 @@ def stage_publish(out: Path, model: Path, mt_bench: Path) -> dict[str, Any]:
 def stage_report(out: Path, run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Plots (score histograms, selection curve, loss curves) and a Markdown summary of the whole run."""
     import json
+    import shutil
 
     from deita_train.report import loss_curves, score_histograms, selection_curve, write_report
 
@@ -274,6 +280,10 @@ def stage_report(out: Path, run_dir: Path, records: list[dict[str, Any]]) -> dic
     if states:
         out_summary["loss"] = loss_curves(states, out / "loss_curves.png")
         figures["Training loss"] = "loss_curves.png"
+    radar = run_dir / "mt_bench" / "mt_bench_radar.png"
+    if radar.exists():
+        shutil.copyfile(radar, out / radar.name)
+        figures["MT-Bench (radar)"] = radar.name
     table_path = run_dir / "mt_bench" / "table.txt"
     eval_table = table_path.read_text() if table_path.exists() else None
     path = write_report(out, records, figures, eval_table)

@@ -30,7 +30,8 @@ from typing import Any
 import trl
 from transformers import TrainerCallback
 
-from deita_train.jsonl import iter_jsonl, write_jsonl
+from deita_train.conversations import ConversationError, iter_source
+from deita_train.jsonl import write_jsonl
 from deita_train.templates import (
     GPT,
     HUMAN,
@@ -367,56 +368,22 @@ def set_generation_eos(model: Any, tokenizer: Any) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-class RecordError(ValueError):
-    """A training record that cannot be used: names the source, record index, id and field."""
-
-    def __init__(self, reason: str, *, source: str, index: int, record_id: Any = None, field: str | None = None):
-        self.reason, self.source, self.index, self.record_id, self.field = reason, source, index, record_id, field
-        where = f"{source}: record {index}" + (f" (id={record_id!r})" if record_id is not None else "")
-        super().__init__(f"{where}" + (f", field {field!r}" if field else "") + f": {reason}")
-
-    def as_reject(self, raw: Any) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "index": self.index,
-            "id": self.record_id,
-            "field": self.field,
-            "reason": self.reason,
-            "record": raw,
-        }
+# A record that cannot be used names its source, index, id and field: the data layer's own error.
+RecordError = ConversationError
 
 
 def load_records(source: str | Path, split: str | None = None) -> list[dict[str, Any]]:
-    """Plain records from .jsonl / .json (array) / .parquet / a saved dataset dir / a Hub dataset id."""
-    path = Path(source)
-    if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            return list(iter_jsonl(path))
-        if suffix == ".json":
-            text = path.read_text(encoding="utf-8-sig")
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError:
-                return list(iter_jsonl(path))  # JSON Lines saved as .json
-            if not isinstance(data, list):
-                raise ValueError(f"{path}: expected a JSON array of records")
-            return data
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
+    """Plain records from .jsonl / .json / .parquet / a saved dataset dir / a Hub dataset id.
 
-            return pq.read_table(path).to_pylist()
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .parquet")
-    import datasets
-
-    if path.is_dir():
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split or "train"]
-        return [dict(r) for r in ds]
-    if str(source).startswith((".", "/")) or path.suffix.lower() in (".json", ".jsonl", ".parquet"):
-        raise FileNotFoundError(f"dataset not found: {source}")
-    return [dict(r) for r in datasets.load_dataset(str(source), split=split or "train")]
+    Read with the data layer's reader, so every step accepts the same sources the same way; a line
+    that is not JSON raises, naming it.
+    """
+    records = []
+    for _line, raw, parse_error in iter_source(source, split):
+        if parse_error is not None:
+            raise parse_error
+        records.append(raw)
+    return records
 
 
 @dataclass

@@ -99,7 +99,7 @@ def test_bad_records_are_named(tiny, tmp_path, record, field, why):
     with pytest.raises(RecordError, match=why) as info:
         prepare(tiny, tmp_path, data)
     assert (info.value.index, info.value.record_id, info.value.field) == (1, "r", field)
-    assert "record 1 (id='r')" in str(info.value)
+    assert f"record 1, id='r', field {field!r}" in str(info.value)
 
 
 def test_lenient_mode_writes_rejects_and_counts_add_up(tiny, tmp_path):
