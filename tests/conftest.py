@@ -38,3 +38,43 @@ def mistral_tokenizer(tiny_mistral):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_mistral)
+
+
+def write_random_pool(
+    path: Path,
+    n_records: int = 40,
+    *,
+    max_reply_words: int = 200,
+    trailing_question_every: int = 7,
+    broken_at: int = 5,
+    broken_value: str = "",
+    index_key: bool = False,
+) -> None:
+    """A seeded pool of multi-turn conversations of varied length for the sharded-job tests.
+
+    Some end with an unanswered question; one record (at `broken_at`) is invalid, so loading must
+    reject it and the counts must still add up.
+    """
+    import random
+
+    from deita_train.jsonl import write_jsonl
+
+    rng = random.Random(0)
+    words = "the cat sat on a mat while quantum fields shimmer 42 times over naive data code def return".split()
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(n))
+
+    rows = []
+    for i in range(n_records):
+        conv = []
+        for _ in range(rng.randint(1, 3)):
+            conv += [
+                {"from": "human", "value": text(rng.randint(5, 80))},
+                {"from": "gpt", "value": text(rng.randint(20, max_reply_words))},
+            ]
+        if i % trailing_question_every == 0:
+            conv.append({"from": "human", "value": text(10)})  # a trailing question without an answer
+        rows.append({"id": f"rec-{i:03d}", "conversations": conv, **({"n": i} if index_key else {})})
+    rows.insert(broken_at, {"id": "broken", "conversations": [{"from": "human", "value": broken_value}]})
+    write_jsonl(path, rows)

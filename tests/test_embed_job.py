@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -18,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_random_pool
 
 from deita_train.embedding import EmbedConfig, embed_pool
-from deita_train.jsonl import write_jsonl
 from deita_train.sharded import DistInfo
 
 
@@ -31,34 +30,13 @@ SCRIPT = ROOT / "data_prep" / "embed.py"
 N_RECORDS = 40
 
 
-def _pool(path: Path) -> None:
-    """40 conversations of varied length (some over max_length), plus one broken record."""
-    rng = random.Random(0)
-    words = "the cat sat on a mat while quantum fields shimmer 42 times over naive data code def return".split()
-
-    def text(n: int) -> str:
-        return " ".join(rng.choice(words) for _ in range(n))
-
-    rows = []
-    for i in range(N_RECORDS):
-        conv = []
-        for _ in range(rng.randint(1, 3)):
-            conv += [
-                {"from": "human", "value": text(rng.randint(5, 80))},
-                {"from": "gpt", "value": text(rng.randint(20, 300))},
-            ]
-        if i % 9 == 0:
-            conv.append({"from": "human", "value": text(10)})
-        rows.append({"id": f"rec-{i:03d}", "conversations": conv})
-    rows.insert(7, {"id": "broken", "conversations": [{"from": "human", "value": "   "}]})
-    write_jsonl(path, rows)
-
-
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_mistral):
     """The pool and the output of one clean, uninterrupted 1-process run (in this process)."""
     root = tmp_path_factory.mktemp("embed_job")
-    _pool(root / "pool.jsonl")
+    write_random_pool(
+        root / "pool.jsonl", N_RECORDS, max_reply_words=300, trailing_question_every=9, broken_at=7, broken_value="   "
+    )
     args = {
         "input_path": str(root / "pool.jsonl"),
         "model_name_or_path": str(tiny_mistral),

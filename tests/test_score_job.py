@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -17,8 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_random_pool
 
-from deita_train.jsonl import read_jsonl, write_jsonl
+from deita_train.jsonl import read_jsonl
 from deita_train.scoring import ScoreConfig, score_pool
 
 
@@ -29,36 +29,13 @@ SCRIPT = ROOT / "data_prep" / "score.py"
 N_RECORDS = 40
 
 
-def _pool(path: Path) -> None:
-    """40 multi-turn conversations of varied length, plus one broken record that loading rejects."""
-    rng = random.Random(0)
-    words = "the cat sat on a mat while quantum fields shimmer 42 times over naive data code def return".split()
-
-    def text(n: int) -> str:
-        return " ".join(rng.choice(words) for _ in range(n))
-
-    rows = []
-    for i in range(N_RECORDS):
-        conv = []
-        for _ in range(rng.randint(1, 3)):
-            conv += [
-                {"from": "human", "value": text(rng.randint(5, 80))},
-                {"from": "gpt", "value": text(rng.randint(20, 200))},
-            ]
-        if i % 7 == 0:
-            conv.append({"from": "human", "value": text(10)})  # trailing question without an answer
-        rows.append({"id": f"rec-{i:03d}", "conversations": conv, "n": i})
-    rows.insert(5, {"id": "broken", "conversations": [{"from": "human", "value": ""}]})
-    write_jsonl(path, rows)
-
-
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     """Pool, two tiny scorers and the output of one clean, uninterrupted 1-process run."""
     from deita_train.tiny import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("score_job")
-    _pool(root / "pool.jsonl")
+    write_random_pool(root / "pool.jsonl", N_RECORDS, index_key=True)
     comp = make_tiny_checkpoint(root / "complexity", seed=1, initializer_range=0.2)
     qual = make_tiny_checkpoint(root / "quality", seed=2, initializer_range=0.2)
     args = {
