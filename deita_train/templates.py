@@ -213,17 +213,18 @@ def pad_batch(features: Sequence[dict[str, list[int]]], pad_token_id: int) -> di
 
 
 def format_masked(input_ids: Sequence[int], labels: Sequence[int], tokenizer: Any) -> str:
-    """Decode a tokenized sample with the supervised spans in [[...]]: what the loss sees, made visible."""
-    pieces, run, supervised = [], [], False
-    for tok, lab in zip(input_ids, labels):
-        is_sup = lab != IGNORE_INDEX
-        if run and is_sup != supervised:
-            text = tokenizer.decode(run)
-            pieces.append(f"[[{text}]]" if supervised else text)
-            run = []
-        run.append(tok)
-        supervised = is_sup
-    if run:
-        text = tokenizer.decode(run)
-        pieces.append(f"[[{text}]]" if supervised else text)
+    """Decode a tokenized sample with the supervised spans in [[...]]: what the loss sees, made visible.
+
+    Each span's text is taken as the growth of the decoded prefix, so the spaces SentencePiece folds
+    into a span's first token stay where they were in the rendered text.
+    """
+    pieces, prev_text, start = [], "", 0
+    flags = [lab != IGNORE_INDEX for lab in labels]
+    n = len(input_ids)
+    for i in range(1, n + 1):
+        if i == n or flags[i] != flags[start]:
+            text = tokenizer.decode(list(input_ids[:i]), skip_special_tokens=False)
+            seg = text[len(prev_text) :] if text.startswith(prev_text) else tokenizer.decode(list(input_ids[start:i]))
+            pieces.append(f"[[{seg}]]" if flags[start] else seg)
+            prev_text, start = text, i
     return "".join(pieces)

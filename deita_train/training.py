@@ -39,6 +39,7 @@ from deita_train.templates import (
     EncodedConversation,
     as_turns,
     encode_conversation,
+    format_masked,
     install_chat_template,
     render_conversation,
     vicuna_conversation,
@@ -598,20 +599,6 @@ def encode_scorer_records(
     return out
 
 
-def masked_view(input_ids: Sequence[int], labels: Sequence[int], tokenizer: Any) -> str:
-    """The decoded sample with every supervised span wrapped in [[...]], for the start-up log."""
-    pieces, prev_text, start = [], "", 0
-    flags = [lab != IGNORE_INDEX for lab in labels]
-    n = len(input_ids)
-    for i in range(1, n + 1):
-        if i == n or flags[i] != flags[start]:
-            text = tokenizer.decode(list(input_ids[:i]), skip_special_tokens=False)
-            seg = text[len(prev_text) :] if text.startswith(prev_text) else tokenizer.decode(list(input_ids[start:i]))
-            pieces.append(f"[[{seg}]]" if flags[start] else seg)
-            prev_text, start = text, i
-    return "".join(pieces)
-
-
 def to_dataset(encoded: Sequence[Encoded]) -> Any:
     """A `datasets.Dataset` with the `input_ids` and `labels` columns TRL's SFTTrainer uses as they are."""
     import datasets
@@ -629,7 +616,7 @@ def log_sample_and_counts(encoded: Sequence[Encoded], report: DataReport, tokeni
             "Sample %s as trained (%d tokens; supervised spans in [[...]]):\n%s",
             e.id,
             len(e.input_ids),
-            masked_view(e.input_ids, e.labels, tokenizer),
+            format_masked(e.input_ids, e.labels, tokenizer),
         )
 
 

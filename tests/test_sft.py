@@ -15,14 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from deita_train import sft
-from deita_train.templates import IGNORE_INDEX, render_conversation, tokenize_conversation
+from deita_train.templates import IGNORE_INDEX, format_masked, render_conversation, tokenize_conversation
 from deita_train.tiny import make_tiny_checkpoint
 from deita_train.training import (
     DistributedLaunchError,
     apply_total_batch_size,
     check_distributed_launch,
     gradient_accumulation_for,
-    masked_view,
     prepare_sft_data,
     resolve_model_path,
     resolve_resume,
@@ -109,7 +108,7 @@ def test_masked_view_brackets_every_supervised_span(tiny):
         {"from": "gpt", "value": "Goodbye."},
     ]
     enc = tokenize_conversation(conv, tokenizer, None)
-    view = masked_view(enc["input_ids"], enc["labels"], tokenizer)
+    view = format_masked(enc["input_ids"], enc["labels"], tokenizer)
     # decoded as trained: the legacy SentencePiece tokenizer reads "</s>USER" as "</s>", "▁USER"
     assert view.endswith("USER: Hi ASSISTANT:[[ Hello.</s>]] USER: Bye ASSISTANT:[[ Goodbye.</s>]]")
     assert view.count("[[") == view.count("]]") == 2
