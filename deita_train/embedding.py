@@ -418,10 +418,6 @@ def _check_unique(ids: Sequence[str], what: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _meta_path(job: ShardedJob, k: int) -> Path:
-    return job.chunk_dir / f"chunk-{k:06d}.meta.json"
-
-
 def model_identity(model_name_or_path: str, revision: str | None = None) -> dict[str, Any]:
     """What identifies the weights: a local directory's config hash and file sizes, or a Hub id and revision."""
     path = Path(model_name_or_path)
@@ -460,14 +456,14 @@ def _work_order(records: Sequence[dict[str, Any]]) -> list[str]:
 def _embed_chunk(embedder: Any, job: ShardedJob, k: int, by_id: dict[str, dict[str, Any]]) -> None:
     ids = job.chunk_ids(k)
     result = embedder.embed([conversation_text(by_id[i]) for i in ids])
-    meta = {
-        "ids": ids,
-        "n_tokens": result.n_tokens.tolist(),
-        "full_tokens": result.full_tokens.tolist(),
-        "ends_with_eos": result.ends_with_eos.tolist(),
-    }
-    write_json(_meta_path(job, k), meta, indent=None)  # before the chunk: a chunk file implies its meta
-    save_array_chunk(job.chunk_path(k), ids, to_float16(result.vectors, ids))
+    save_array_chunk(
+        job.chunk_path(k),
+        ids,
+        to_float16(result.vectors, ids),
+        n_tokens=np.asarray(result.n_tokens),
+        full_tokens=np.asarray(result.full_tokens),
+        ends_with_eos=np.asarray(result.ends_with_eos),
+    )
 
 
 def merge_chunks(job: ShardedJob, ids: Sequence[str], out_dir: Path) -> dict[str, int]:
@@ -479,9 +475,8 @@ def merge_chunks(job: ShardedJob, ids: Sequence[str], out_dir: Path) -> dict[str
     matrix = None
     tmp = out_dir / (EMBEDDINGS_FILE + ".tmp")
     for k in range(job.n_chunks):
-        chunk_ids, array = load_array_chunk(job.chunk_path(k))
-        meta = json.loads(_meta_path(job, k).read_text())
-        if chunk_ids != job.chunk_ids(k) or meta["ids"] != chunk_ids or array.shape[0] != len(chunk_ids):
+        chunk_ids, array, meta = load_array_chunk(job.chunk_path(k))
+        if chunk_ids != job.chunk_ids(k) or array.shape[0] != len(chunk_ids):
             raise RuntimeError(f"{job.chunk_path(k)} does not hold the ids its plan gives it; delete it and rerun")
         if matrix is None:
             matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(ids), array.shape[1]))

@@ -144,10 +144,13 @@ def load_jsonl_chunk(path: Path) -> list[dict[str, Any]]:
     return read_jsonl(path)
 
 
-def save_array_chunk(path: Path, ids: Sequence[str], array: np.ndarray) -> None:
-    """Atomically write a chunk of vectors with their ids (npz: `ids`, `array`)."""
+def save_array_chunk(path: Path, ids: Sequence[str], array: np.ndarray, **extra: np.ndarray) -> None:
+    """Atomically write a chunk of vectors with their ids, plus any per-row arrays (`extra`), as one npz."""
+    reserved = {"ids", "array"} & set(extra)
+    if reserved:
+        raise ValueError(f"extra arrays may not be named {sorted(reserved)}")
     buf = io.BytesIO()
-    np.savez(buf, ids=np.asarray(list(ids), dtype=object).astype(str), array=array)
+    np.savez(buf, ids=np.asarray(list(ids), dtype=object).astype(str), array=array, **extra)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(buf.getvalue())
@@ -156,6 +159,8 @@ def save_array_chunk(path: Path, ids: Sequence[str], array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def load_array_chunk(path: Path) -> tuple[list[str], np.ndarray]:
+def load_array_chunk(path: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """(ids, vectors, extra arrays) of a chunk written by `save_array_chunk`."""
     with np.load(path, allow_pickle=False) as z:
-        return [str(x) for x in z["ids"]], z["array"]
+        extra = {k: z[k] for k in z.files if k not in ("ids", "array")}
+        return [str(x) for x in z["ids"]], z["array"], extra
