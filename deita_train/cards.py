@@ -100,6 +100,11 @@ def _model_link(name: str) -> str:
     return f"[{name}](https://huggingface.co/{name})" if is_hub_id(name) else f"`{name}` (local, not on the Hub)"
 
 
+def _plain(obj: Any) -> Any:
+    """JSON-plain values (numpy numbers and arrays become floats and lists) for YAML card metadata."""
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
 def _dataset_link(name: str) -> str:
     return (
         f"[{name}](https://huggingface.co/datasets/{name})" if is_hub_id(name) else f"`{name}` (local, not on the Hub)"
@@ -659,6 +664,19 @@ def build_dataset_card(
         pretty_name=pretty_name,
         tags=["deita", "sft", "instruction-tuning", "data-selection", "synthetic"],
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": data_files}]}],
+        source_datasets=[p for p in source_pools if is_hub_id(p)] or None,
+        deita=_plain(
+            {
+                "source_pools": list(source_pools),
+                "scorers": dict(scorer_ids),
+                "embedder": embedder_id,
+                "score_mode": score_mode,
+                "threshold": threshold,
+                "budget": budget,
+                "counts": dict(counts),
+                "score_histogram": dict(score_histogram) if score_histogram else None,
+            }
+        ),
     )
     pools = [_dataset_link(p) for p in source_pools]
     scorers = {k: _model_link(v) for k, v in scorer_ids.items()}

@@ -58,39 +58,41 @@ MAX_EVOLUTIONS = SCORE_MAX - 1
 OUTPUT_FILES = ("complexity_train.jsonl", "complexity_dev.jsonl", "quality_train.jsonl", "quality_dev.jsonl")
 
 # --------------------------------------------------------------------------- prompts
-# Wording from the WizardLM In-Depth Evolving prompts and the Deita paper as quoted in the project's
-# seeds and research notes; complicate-input has no published wording, so it is ours.
+# Wording of the Deita paper's appendix as quoted in the project's seeds (the add-constraints and the
+# in-depth prompts are pinned character for character by tests/test_evol.py); the other In-Depth
+# Evolving methods are WizardLM's, written with the appendix's `#Given Prompt#`; complicate-input has
+# no published wording, so it is ours.
 
 PROMPT_REWRITER_HEAD = "I want you act as a Prompt Rewriter."
-GIVEN_PROMPT_MARK = "#The Given Prompt#:\n"
+GIVEN_PROMPT_MARK = "#Given Prompt#:\n"
 REWRITTEN_PROMPT_MARK = "\n#Rewritten Prompt#:"
 
 COMPLEXITY_METHODS: dict[str, str] = {
-    "constraints": "Please add one more constraints/requirements into #The Given Prompt#",
+    "constraints": "Please add one more constraints/requirements into #Given Prompt#",
     "deepening": (
-        "If #The Given Prompt# contains inquiries about certain issues, "
+        "If #Given Prompt# contains inquiries about certain issues, "
         "the depth and breadth of the inquiry can be increased."
     ),
     "concretizing": "Please replace general concepts with more specific concepts.",
     "reasoning": (
-        "If #The Given Prompt# can be solved with just a few simple thinking processes, "
+        "If #Given Prompt# can be solved with just a few simple thinking processes, "
         "you can rewrite it to explicitly request multiple-step reasoning."
     ),
     "complicate_input": (
-        "Please make the input data in #The Given Prompt# more complex (for example more entries, "
+        "Please make the input data in #Given Prompt# more complex (for example more entries, "
         "nested structure, or edge cases) while keeping the task itself the same."
     ),
 }
 DEFAULT_COMPLEXITY_MUTATIONS = ("constraints", "deepening", "concretizing", "reasoning")
 
-RESPONSE_REWRITER_HEAD = "I want you to act as a Response Rewriter."
+RESPONSE_REWRITER_HEAD = "I want you to act as a Response Rewriter"
 GIVEN_RESPONSE_MARK = "#Given Response#:\n"
 REWRITTEN_RESPONSE_MARK = "\n#Rewritten Response#:"
 
 QUALITY_METHODS: dict[str, str] = {
     "helpfulness": "Please make the Response more helpful to the user.",
     "relevance": "Please make the Response more relevant to #Given Prompt#.",
-    "depth": "Please make the Response more in-depth.",
+    "depth": "Please make the Response more in-depth",
     "creativity": "Please increase the creativity of the response.",
     "details": "Please increase the detail level of Response.",
 }
@@ -102,7 +104,7 @@ RANKING_FORMAT_TAIL = "[1] Score: 1\n[2] Score: 2\n...\n"
 RESPONSE_LIST_MARK = "#Response List#:\n"
 
 _FORBIDDEN = {
-    "complexity": ("#the given prompt#", "#rewritten prompt#", "given prompt", "rewritten prompt"),
+    "complexity": ("#given prompt#", "#rewritten prompt#", "given prompt", "rewritten prompt"),
     "quality": ("#given response#", "#rewritten response#", "given response", "rewritten response"),
 }
 _LEADING_LABEL = re.compile(r"^\s*[*_]*#?\s*rewritten\s+(?:prompt|response)\s*#?[*_]*\s*:?[*_]*\s*", re.IGNORECASE)
@@ -113,15 +115,15 @@ def complexity_evolution_prompt(instruction: str, mutation: str) -> str:
     return (
         f"{PROMPT_REWRITER_HEAD}\n"
         "Your objective is to rewrite a given prompt into a more complex version to make those famous AI systems "
-        "(e.g., chatgpt and GPT4) a bit harder to handle.\n"
+        "(e.g., ChatGPT and GPT4) a bit harder to handle.\n"
         "But the rewritten prompt must be reasonable and must be understood and responded by humans.\n"
-        "Your rewriting cannot omit the non-text parts such as the table and code in #The Given Prompt#:. "
-        "Also, please do not omit the input in #The Given Prompt#.\n"
+        "Your rewriting cannot omit the non-text parts such as the table and code in #Given Prompt#:. "
+        "Also, please do not omit the input in #Given Prompt#.\n"
         "You SHOULD complicate the given prompt using the following method:\n"
         f"{COMPLEXITY_METHODS[mutation]}\n"
         "You should try your best not to make the #Rewritten Prompt# become verbose, "
-        "#Rewritten Prompt# can only add 10 to 20 words into #The Given Prompt#.\n"
-        "'#The Given Prompt#', '#Rewritten Prompt#', 'given prompt' and 'rewritten prompt' "
+        "#Rewritten Prompt# can only add 10 to 20 words into #Given Prompt#.\n"
+        "‘#Given Prompt#’, ‘#Rewritten Prompt#’, ‘given prompt’ and ‘rewritten prompt’ "
         "are not allowed to appear in #Rewritten Prompt#\n"
         f"{GIVEN_PROMPT_MARK}{instruction}{REWRITTEN_PROMPT_MARK}\n"
     )
@@ -140,7 +142,7 @@ def quality_evolution_prompt(instruction: str, response: str, mutation: str) -> 
         f"{QUALITY_METHODS[mutation]}\n"
         "You should try your best not to make the #Rewritten Response# become verbose, "
         "#Rewritten Response# can only add 10 to 20 words into #Given Response#.\n"
-        "'#Given Response#', '#Rewritten Response#', 'given response' and 'rewritten response' "
+        "‘#Given Response#’, ‘#Rewritten Response#’, ‘given response’ and ‘rewritten response’ "
         "are not allowed to appear in #Rewritten Response#\n"
         f"#Given Prompt#:\n{instruction}\n"
         f"{GIVEN_RESPONSE_MARK}{response}{REWRITTEN_RESPONSE_MARK}\n"

@@ -110,7 +110,7 @@ def test_evolution_prompts_carry_method_and_text_verbatim():
     for mutation, prompt in prompts.items():
         assert prompt.startswith(evol.PROMPT_REWRITER_HEAD)
         assert COMPLEXITY_METHODS[mutation] in prompt
-        assert prompt.endswith(f"#The Given Prompt#:\n{text}\n#Rewritten Prompt#:\n")
+        assert prompt.endswith(f"#Given Prompt#:\n{text}\n#Rewritten Prompt#:\n")
         assert "#Rewritten Prompt# can only add 10 to 20 words" in prompt
     for mutation in QUALITY_METHODS:
         prompt = quality_evolution_prompt("Q?", "A {b}.", mutation)
@@ -526,3 +526,47 @@ def test_killed_run_resumes_without_repeating_a_request(reference, tmp_path):
     # ... so across both runs every request was answered exactly once, as in one uninterrupted run
     both = _canon(first_answered) + _canon(second_answered)
     assert both == _canon(reference["answered"]) and max(both.values()) == 1
+
+
+# The two prompts the Deita paper's appendix prints (as quoted in the project's seeds), with the
+# paper's line wrapping folded into single spaces: pinned in full, character for character.
+APPENDIX_ADD_CONSTRAINTS = (
+    "I want you act as a Prompt Rewriter. Your objective is to rewrite a given prompt into a more complex version to "
+    "make those famous AI systems (e.g., ChatGPT and GPT4) a bit harder to handle. But the rewritten prompt must be "
+    "reasonable and must be understood and responded by humans. Your rewriting cannot omit the non-text parts such "
+    "as the table and code in #Given Prompt#:. Also, please do not omit the input in #Given Prompt#. You SHOULD "
+    "complicate the given prompt using the following method: Please add one more constraints/requirements into "
+    "#Given Prompt# You should try your best not to make the #Rewritten Prompt# become verbose, #Rewritten Prompt# "
+    "can only add 10 to 20 words into #Given Prompt#. ‘#Given Prompt#’, ‘#Rewritten Prompt#’, ‘given prompt’ and "
+    "‘rewritten prompt’ are not allowed to appear in #Rewritten Prompt# #Given Prompt#: <Here is instruction> "
+    "#Rewritten Prompt#:"
+)
+APPENDIX_IN_DEPTH_RESPONSE = (
+    "I want you to act as a Response Rewriter Your goal is to enhance the quality of the response given by an AI "
+    "assistant to the #Given Prompt# through rewriting. But the rewritten response must be reasonable and must be "
+    "understood by humans. Your rewriting cannot omit the non-text parts such as the table and code in #Given "
+    "Prompt# and #Given Response#. Also, please do not omit the input in #Given Prompt#. You Should enhance the "
+    "quality of the response using the following method: Please make the Response more in-depth You should try "
+    "your best not to make the #Rewritten Response# become verbose, #Rewritten Response# can only add 10 to 20 words "
+    "into #Given Response#. ‘#Given Response#’, ‘#Rewritten Response#’, ‘given response’ and ‘rewritten response’ "
+    "are not allowed to appear in #Rewritten Response# #Given Prompt#: <instruction_0> #Given Response#: "
+    "<response_0> #Rewritten Response#:"
+)
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_evolution_prompts_are_the_papers_appendix_wording():
+    assert _folded(complexity_evolution_prompt("<Here is instruction>", "constraints")) == APPENDIX_ADD_CONSTRAINTS
+    assert _folded(quality_evolution_prompt("<instruction_0>", "<response_0>", "depth")) == APPENDIX_IN_DEPTH_RESPONSE
+
+
+def test_appendix_wording_matches_the_seed_document():
+    seeds = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+    texts = [_folded(p.read_text(encoding="utf-8")) for p in seeds.glob("*.txt")] if seeds.is_dir() else []
+    if not texts:
+        pytest.skip(f"seed documents not present at {seeds}")
+    assert any(APPENDIX_ADD_CONSTRAINTS in t for t in texts)
+    assert any(APPENDIX_IN_DEPTH_RESPONSE in t for t in texts)

@@ -230,6 +230,10 @@ def test_stats_histograms_curve_manifests_and_cards(case):
     card = DatasetCard.load(root / "out" / "deita-8" / "README.md")
     assert card.data.pretty_name == "deita-8"
     assert card.data.configs[0]["data_files"][0]["path"] == "deita-8.jsonl"
+    meta = card.data.to_dict()["deita"]  # the selection's facts as YAML metadata, not only as prose
+    assert (meta["threshold"], meta["budget"], meta["score_mode"]) == (0.9, 8, "sum_product")
+    assert meta["scorers"]["quality"] == "hkust-nlp/deita-quality-scorer" and meta["embedder"]
+    assert meta["counts"]["selected"] == 8 and meta["source_pools"] and len(meta["score_histogram"]["bins"]) > 1
     assert "<= 0.9" in card.text and "pool-a" in card.text and "hkust-nlp/deita-quality-scorer" in card.text
     out_manifest = json.loads((root / "out" / "deita-8" / "manifest.json").read_text())
     assert out_manifest["config"]["budget"] == 8 and out_manifest["counts"]["selected"] == 8
