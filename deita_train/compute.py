@@ -19,8 +19,6 @@ from dataclasses import dataclass
 
 
 MISTRAL_7B_PARAMS = 7.24e9
-LLAMA_7B_PARAMS = 6.74e9  # the released Deita scorers are 7B LLaMA-1 despite their cards (hkust-nlp/deita#18)
-LLAMA_13B_PARAMS = 13.0e9
 H100_BF16_DENSE_TFLOPS = 989.0
 A100_BF16_DENSE_TFLOPS = 312.0
 
@@ -44,7 +42,7 @@ class StageEstimate:
         return self.flops / (peak_tflops * 1e12 * mfu) / 3600
 
 
-def deita_stages(
+def deita_stages(  # defaults: recipes/pipeline/deita-7b-v1.0.yaml (Mistral-7B scorers, X_sota, deita-6k)
     pool_size: int = 300_000,
     turns_per_conversation: float = 3.0,
     complexity_prompt_tokens: float = 250.0,
@@ -53,8 +51,8 @@ def deita_stages(
     sft_samples: int = 6_000,
     sft_tokens: float = 1800.0,
     sft_epochs: int = 6,
-    scorer_samples: int = 6_000,
-    scorer_tokens: float = 600.0,
+    scorer_samples: int = 11_400,
+    scorer_tokens: float = 500.0,
     scorer_epochs: int = 6,
     dpo_pairs: int = 10_000,
     dpo_pair_tokens: float = 1200.0,
@@ -65,16 +63,17 @@ def deita_stages(
     return [
         StageEstimate(
             "scorer training (x2)",
-            "LLaMA-13B",
-            LLAMA_13B_PARAMS,
+            "Mistral-7B",
+            MISTRAL_7B_PARAMS,
             2 * scorer_samples * scorer_tokens * scorer_epochs,
             8,
-            f"{scorer_samples} samples x {scorer_tokens:.0f} tokens x {scorer_epochs} epochs, two scorers",
+            f"{scorer_samples} samples x {scorer_tokens:.0f} tokens x {scorer_epochs} epochs, two scorers "
+            "(the EVOL recipe's 2k seeds x 6, 95% train)",
         ),
         StageEstimate(
             "scoring (complexity + quality)",
-            "LLaMA-7B scorers",
-            LLAMA_7B_PARAMS,
+            "Mistral-7B scorers",
+            MISTRAL_7B_PARAMS,
             turns * (complexity_prompt_tokens + quality_prompt_tokens),
             2,
             f"{pool_size} conversations x {turns_per_conversation:g} turns x "
@@ -133,8 +132,11 @@ def main(args: list[str] | None = None) -> str:
     parser.add_argument("--mfu", type=float, default=0.4)
     parser.add_argument("--pool_size", type=int, default=300_000)
     parser.add_argument("--sft_samples", type=int, default=6_000)
+    parser.add_argument("--scorer_samples", type=int, default=11_400, help="per scorer; the original used 6,000")
     ns = parser.parse_args(args)
-    table = format_table(deita_stages(pool_size=ns.pool_size, sft_samples=ns.sft_samples), ns.mfu)
+    table = format_table(
+        deita_stages(pool_size=ns.pool_size, sft_samples=ns.sft_samples, scorer_samples=ns.scorer_samples), ns.mfu
+    )
     print(table)
     return table
 

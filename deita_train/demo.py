@@ -4,7 +4,8 @@ pool -> EVOL data -> scorers -> scores -> embeddings -> selection -> SFT -> DPO 
 (dry run) -> report. Each stage runs the tiny recipe of its step (`recipes/*/tiny*.yaml`) with its
 paths pointed into ``output_dir``, through the same functions the runnable steps call. Stages are
 cached (`deita_train.stages`): a second run reuses every stage whose inputs and config did not change.
-The documented equivalent for real runs is `recipes/pipeline/README.md`.
+The documented equivalent for real runs is `python -m deita_train.pipeline --config
+recipes/pipeline/deita-7b-v1.0.yaml` (README, "Reproducing deita-6k/10k and DEITA-7B-v1.0 on GPUs").
 """
 
 from __future__ import annotations
@@ -230,7 +231,6 @@ def stage_mt_bench(out: Path, model: Path, n_questions: int) -> dict[str, Any]:
     result = run_demo_eval(model, out, n_questions=n_questions, max_new_tokens=32)
     (out / "table.txt").write_text(result["table"] + "\n", encoding="utf-8")
     write_json(out / "summary.json", result["summary"])
-    print(result["table"], flush=True)
     report = result["report"]
     return {"judged": report.n_judged, "ok": report.n_ok, "failed": report.n_failed, "matches": report.n_matches}
 
@@ -291,11 +291,15 @@ def stage_report(out: Path, run_dir: Path, records: list[dict[str, Any]]) -> dic
 
 
 def build_stages(cfg: DemoConfig) -> list[Stage]:
+    """The demo's stages; each lists the recipe it runs among its inputs, so editing a recipe redoes it."""
     out = Path(cfg.output_dir)
     pool = out / "pool" / "pool.jsonl"
     models = out / "tiny_models"
     n = cfg.max_length
     selected = out / "select" / f"deita-{min(cfg.budgets)}" / f"deita-{min(cfg.budgets)}.jsonl"
+    scored, embeddings, pairs = out / "score" / "scored.jsonl", out / "embed" / "embeddings.npy", out / "ultrafeedback"
+    scorer_weights = [out / "scorers" / k / "model.safetensors" for k in ("complexity", "quality")]
+    evol_sets = [out / "evol" / f"{k}_train.jsonl" for k in ("complexity", "quality")]
     return [
         Stage("pool", stage_pool, outputs=["pool.jsonl", "rejects.jsonl"]),
         Stage("tiny_models", stage_tiny_models, outputs=["base/model.safetensors"]),
@@ -307,42 +311,47 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
             "scorers",
             lambda d: stage_scorers(d, out / "evol", models, n),
             {"n": n},
-            [out / "evol" / "complexity_train.jsonl", out / "evol" / "quality_train.jsonl"],
+            [recipe("tiny", "scorer.yaml"), *evol_sets],
             ["complexity/model.safetensors", "quality/model.safetensors"],
         ),
         Stage(
             "score",
             lambda d: stage_score(d, pool, out / "scorers", n),
             {"n": n},
-            [
-                pool,
-                out / "scorers" / "complexity" / "model.safetensors",
-                out / "scorers" / "quality" / "model.safetensors",
-            ],
+            [recipe("score", "tiny.yaml"), pool, *scorer_weights],
             ["scored.jsonl"],
         ),
         Stage(
             "embed",
-            lambda d: stage_embed(d, out / "score" / "scored.jsonl", models / "base"),
-            inputs=[out / "score" / "scored.jsonl"],
+            lambda d: stage_embed(d, scored, models / "base"),
+            inputs=[recipe("embed", "tiny.yaml"), scored],
             outputs=["embeddings.npy", "ids.json"],
         ),
         Stage(
             "select",
-            lambda d: stage_select(d, out / "score" / "scored.jsonl", out / "embed", cfg.budgets),
+            lambda d: stage_select(d, scored, out / "embed", cfg.budgets),
             {"budgets": cfg.budgets},
-            [out / "score" / "scored.jsonl", out / "embed" / "embeddings.npy"],
+            [recipe("select", "tiny.yaml"), scored, embeddings],
             ["selection_stats.json"],
         ),
         Stage(
-            "sft", lambda d: stage_sft(d, selected, models / "base", n), {"n": n}, [selected], ["model.safetensors"]
+            "sft",
+            lambda d: stage_sft(d, selected, models / "base", n),
+            {"n": n},
+            [recipe("tiny", "sft.yaml"), selected],
+            ["model.safetensors"],
         ),
-        Stage("ultrafeedback", stage_ultrafeedback, outputs=["pairs.jsonl"]),
+        Stage(
+            "ultrafeedback",
+            stage_ultrafeedback,
+            inputs=[recipe("data", "tiny-ultrafeedback.yaml")],
+            outputs=["pairs.jsonl"],
+        ),
         Stage(
             "dpo",
-            lambda d: stage_dpo(d, out / "ultrafeedback" / "pairs.jsonl", out / "sft", n),
+            lambda d: stage_dpo(d, pairs / "pairs.jsonl", out / "sft", n),
             {"n": n},
-            [out / "ultrafeedback" / "pairs.jsonl", out / "sft" / "model.safetensors"],
+            [recipe("tiny", "dpo.yaml"), pairs / "pairs.jsonl", out / "sft" / "model.safetensors"],
             ["model.safetensors"],
         ),
         Stage(
@@ -379,6 +388,9 @@ def main(args: list[str] | None = None) -> list[dict[str, Any]]:
     records = runner.run_all(build_stages(cfg))
     report = stage_report(out / "report", out, records)
     total = sum(r["seconds"] for r in records if not r.get("reused"))
+    table = out / "mt_bench" / "table.txt"
+    if table.exists():
+        print("\n" + table.read_text(), flush=True)
     print(summarize(records), flush=True)
     print(f"\nran {sum(not r.get('reused') for r in records)} of {len(records)} stages in {total:.0f}s; "
           f"report: {report['report']}", flush=True)  # fmt: skip

@@ -16,7 +16,7 @@ def test_real_pipeline_recipe_parses_and_names_existing_recipes(capsys, monkeypa
     monkeypatch.chdir(REPO)
     main(["--config", "recipes/pipeline/deita-7b-v1.0.yaml", "--dry_run", "true", "--run_dir", "/nonexistent/x"])
     out = capsys.readouterr().out
-    assert "[1/15] pool (would run)" in out and "-m deita_train.dpo" in out
+    assert "[1/17] seeds (would run)" in out and "[2/17] pool (would run)" in out and "-m deita_train.dpo" in out
     cfg = PipelineConfig(**yaml.safe_load((REPO / "recipes/pipeline/deita-7b-v1.0.yaml").read_text()))
     for spec in cfg.stages:
         for r in spec.get("recipes", []):

@@ -59,3 +59,12 @@ def test_gpu_hours_follow_the_flop_count():
     assert sft.flops == 8 * 7.24e9 * 6000 * 1800 * 6, "fwd + bwd + the checkpointing recompute"
     assert abs(sft.gpu_hours(1000, 0.5) - sft.flops / 5e14 / 3600) < 1e-9
     assert "| **total** |" in format_table(list(stages.values()), 0.4)
+
+
+def test_readme_gpu_hours_are_the_commands_output():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert format_table(deita_stages(), 0.4) in readme, (
+        "README's GPU-hours table is stale: paste `python -m deita_train.compute`"
+    )

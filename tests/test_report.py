@@ -1,0 +1,37 @@
+"""The run report: every figure is drawn from the files the stages wrote, and the Markdown links them."""
+
+import json
+
+from deita_train.demo import stage_report
+from deita_train.jsonl import write_jsonl
+
+
+def test_report_from_stage_outputs(tmp_path):
+    run = tmp_path / "run"
+    write_jsonl(
+        run / "score" / "scored.jsonl",
+        [
+            {"id": f"r{i}", "complexity_scores": [1 + i % 5, 2.0], "quality_scores": [3.0, 1 + i % 4]}
+            for i in range(30)
+        ],
+    )
+    (run / "select").mkdir(parents=True)
+    stats = {"budgets": [5, 10], "kept_vs_scanned": {"scanned": [1, 4, 12], "kept": [1, 4, 10]}}
+    (run / "select" / "selection_stats.json").write_text(json.dumps(stats))
+    for name in ("sft", "dpo"):
+        (run / name).mkdir()
+        history = [{"step": s, "loss": 2.0 / s} for s in (1, 2, 3)] + [{"step": 3, "train_runtime": 1.0}]
+        (run / name / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    (run / "mt_bench").mkdir()
+    (run / "mt_bench" / "table.txt").write_text("model  turn 1\ntiny   1.5\n")
+    records = [
+        {"name": "score", "seconds": 1.5, "summary": {"in": 30, "scored": 30, "path": "x"}, "reused": False},
+        {"name": "select", "seconds": 0.1, "summary": {"selected": 10, "rejected_similar": 2}, "reused": True},
+    ]
+    summary = stage_report(run / "report", run, records)
+    text = (run / "report" / "report.md").read_text()
+    assert summary["figures"] == 3
+    for png in ("score_histograms.png", "selection_curve.png", "loss_curves.png"):
+        assert (run / "report" / png).stat().st_size > 1000 and f"]({png})" in text
+    assert "| score | ran | 1.5 | in=30, scored=30 |" in text and "| select | reused |" in text
+    assert "tiny   1.5" in text, "the evaluation table is included"
