@@ -25,6 +25,9 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from deita_train.evaluation import downloads
+from deita_train.evaluation.mt_bench import DEMO_QUESTIONS
+from deita_train.jsonl import file_sha256
 from deita_train.manifest import package_versions, redact
 from deita_train.scorer_prompts import COMPLEXITY_TEMPLATE, QUALITY_TEMPLATE
 from deita_train.templates import TEMPLATE_NAME, VICUNA_CHAT_TEMPLATE, render_conversation
@@ -46,7 +49,10 @@ _BENCHMARKS = {
     "alpaca_eval": ("AlpacaEval", "tatsu-lab/alpaca_eval", "https://github.com/tatsu-lab/alpaca_eval"),
 }
 # Metrics that are counts or bookkeeping: shown in the table, never in `model-index`.
-_NON_METRICS = ("n_", "complete", "judge", "annotator", "generator")
+_NON_METRICS = ("n_", "complete", "judge", "annotator", "generator", "version", "avg_length")
+# The full benchmarks: a result over fewer is shown on the card but never indexed as the benchmark's score.
+MT_BENCH_QUESTIONS = 80
+ALPACA_EVAL_INSTRUCTIONS = 805
 
 _HYPERPARAMETER_KEYS = (
     "learning_rate",
@@ -211,9 +217,71 @@ def _scalar_metrics(metrics: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return [(k, v) for k, v in metrics.items() if v is None or isinstance(v, (int, float, str, bool))]
 
 
+def _count(metrics: Mapping[str, Any], key: str) -> int:
+    value = metrics.get(key)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def _mt_bench_question_file_problem(metrics: Mapping[str, Any]) -> str | None:
+    """None when the recorded question file is FastChat's MT-Bench file (by sha256), else what it is instead."""
+    path = metrics.get("question_file")
+    sha = metrics.get("question_file_sha256")
+    if path is None and sha is None:
+        return None
+    name = Path(str(path)).name if path else "(unnamed)"
+    if sha is None and path is not None and Path(str(path)).is_file():
+        sha = file_sha256(path)
+    if sha == downloads.REMOTE_FILES["mt_bench_questions"].sha256:
+        return None
+    if (path is not None and Path(str(path)).resolve() == DEMO_QUESTIONS.resolve()) or sha == file_sha256(
+        DEMO_QUESTIONS
+    ):
+        return f"demo questions ({DEMO_QUESTIONS.parent.name}), not MT-Bench"
+    if sha is None:
+        return f"question file {name} could not be checked against MT-Bench's"
+    return f"question file {name} is not MT-Bench's"
+
+
+def eval_result_problems(bench: str, metrics: Mapping[str, Any]) -> list[str]:
+    """Why a result must stay out of `model-index`: partial (failed, missing, `complete: false`) or not the full set.
+
+    Judged from the counts the result carries (the MT-Bench summary and AlpacaEval's `results.json`
+    record them); a hand-written result without counts has nothing to contradict it.
+    """
+    problems = []
+    n_failed, n_missing = _count(metrics, "n_failed"), _count(metrics, "n_missing")
+    if bench == "alpaca_eval" and n_failed:
+        problems.append(f"partial: {n_failed} of {metrics.get('n_outputs', '?')} instructions not annotated")
+    elif n_failed or n_missing:
+        problems.append(f"partial: {n_failed} failed, {n_missing} missing judgments")
+    elif metrics.get("complete") is False:
+        problems.append("partial: the result says it is not complete")
+    if "n_missing" in metrics and metrics["n_missing"] is None:
+        problems.append("missing judgments not counted (summarized without the question list)")
+    if bench == "mt_bench":
+        n_questions, n_expected = metrics.get("n_questions"), metrics.get("n_expected")
+        if n_questions is not None and n_questions != MT_BENCH_QUESTIONS:
+            problems.append(f"{n_questions} questions, not the {MT_BENCH_QUESTIONS} of MT-Bench")
+        elif n_expected is not None and n_expected != 2 * MT_BENCH_QUESTIONS:
+            problems.append(
+                f"{n_expected} judgments expected, not the {2 * MT_BENCH_QUESTIONS} of MT-Bench "
+                f"({MT_BENCH_QUESTIONS} questions x 2 turns)"
+            )
+        question_problem = _mt_bench_question_file_problem(metrics)
+        if question_problem:
+            problems.append(question_problem)
+    if bench == "alpaca_eval":
+        n_outputs = metrics.get("n_outputs")
+        if n_outputs is not None and n_outputs != ALPACA_EVAL_INSTRUCTIONS:
+            problems.append(f"{n_outputs} instructions, not the {ALPACA_EVAL_INSTRUCTIONS} of AlpacaEval")
+    return problems
+
+
 def _eval_results_metadata(eval_results: Mapping[str, Mapping[str, Any]]) -> list[EvalResult]:
     out = []
     for bench, metrics in eval_results.items():
+        if eval_result_problems(bench, metrics):
+            continue
         name, dataset_type, _ = _BENCHMARKS.get(bench, (bench, bench, None))
         for metric, value in _scalar_metrics(metrics):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or metric.startswith(_NON_METRICS):
@@ -236,14 +304,31 @@ def _eval_results_metadata(eval_results: Mapping[str, Mapping[str, Any]]) -> lis
 
 def _eval_section(eval_results: Mapping[str, Mapping[str, Any]]) -> str:
     rows = []
+    flagged = False
     for bench, metrics in eval_results.items():
         name, _, link = _BENCHMARKS.get(bench, (bench, None, None))
-        label = f"[{name}]({link})" if link else name
+        problems = eval_result_problems(bench, metrics)
+        if problems:
+            # No link to the benchmark: a partial or non-standard run is not a score on it.
+            flagged = True
+            label = f"{name} (NOT INDEXED)"
+            rows.append((label, "status", "; ".join(problems)))
+        else:
+            label = f"[{name}]({link})" if link else name
         rows += [(label, metric, value) for metric, value in _scalar_metrics(metrics)]
+    note = (
+        " Results marked NOT INDEXED are partial (failed or missing judgments) or not the full benchmark "
+        "(fewer questions, or another question file): they are shown with their counts but kept out of the "
+        "card's `model-index` metadata, and are not comparable with leaderboard scores."
+        if flagged
+        else ""
+    )
     return (
         "## Evaluation\n\n"
         "Scores from this model's own evaluation runs (deita-train's MT-Bench and AlpacaEval steps). "
-        "`n_failed` counts judgments that failed to parse or errored and are not in the means.\n\n"
+        "`n_failed` counts judgments that failed to parse or errored and are not in the means."
+        + note
+        + "\n\n"
         + _table(("benchmark", "metric", "value"), rows)
     )
 
@@ -259,13 +344,29 @@ def _check_eval_results(eval_results: Mapping[str, Any]) -> dict[str, dict[str, 
     return out
 
 
+# What a card keeps from an MT-Bench summary entry: the scores and every count that says what they cover.
+_MT_BENCH_KEYS = (
+    "turn_1",
+    "turn_2",
+    "overall",
+    "n_judgments",
+    "n_ok",
+    "n_failed",
+    "n_missing",
+    "n_expected",
+    "complete",
+)
+_MT_BENCH_SOURCE_KEYS = ("n_questions", "question_file", "question_file_sha256")
+
+
 def load_eval_results(paths: Sequence[str | Path], model: str | None = None) -> dict[str, dict[str, Any]]:
     """Merge evaluation result files into `{benchmark: {metric: value}}` for `build_model_card`.
 
     Accepted per file: `{benchmark: {metric: value}}`; an MT-Bench summary from
     `deita_train.evaluation.mt_bench` (`{"judge_model", "models": {name: {...}}}`; `model` picks the
-    entry when it holds several); or a flat `{metric: value}` (AlpacaEval when it has `win_rate`,
-    else named by a `benchmark` key or the file stem).
+    entry when it holds several); AlpacaEval's `results.json` (`deita_train.evaluation.alpaca`); or a
+    flat `{metric: value}` (AlpacaEval when it has `win_rate`, else named by a `benchmark` key or the
+    file stem). The counts come along, so `build_model_card` can keep partial runs out of `model-index`.
     """
     out: dict[str, dict[str, Any]] = {}
     for path in paths:
@@ -280,14 +381,19 @@ def load_eval_results(paths: Sequence[str | Path], model: str | None = None) -> 
             if key not in models:
                 raise ValueError(f"{path}: no MT-Bench results for model {key!r} (has {sorted(models)})")
             m = models[key]
-            entry = {k: m.get(k) for k in ("turn_1", "turn_2", "overall", "n_failed", "n_missing")}
+            # Keys present with null stay (a null n_missing means missing judgments were not counted).
+            entry = {k: m[k] for k in _MT_BENCH_KEYS if k in m}
+            entry |= {k: m.get(k, data.get(k)) for k in _MT_BENCH_SOURCE_KEYS if k in m or k in data}
+            for k in ("turn_1", "turn_2", "overall"):
+                entry.setdefault(k, None)
             entry["judge"] = data.get("judge_model")
-            out["mt_bench"] = {k: v for k, v in entry.items() if v is not None or k in ("turn_1", "turn_2", "overall")}
+            out["mt_bench"] = entry
         elif data and all(isinstance(v, Mapping) for v in data.values()):
             out.update(_check_eval_results(data))
         else:
             flat = {k: v for k, v in data.items() if k != "benchmark"}
-            bench = data.get("benchmark") or ("alpaca_eval" if "win_rate" in data else Path(path).stem)
+            is_alpaca = "win_rate" in data or ("annotator" in data and "n_outputs" in data)
+            bench = data.get("benchmark") or ("alpaca_eval" if is_alpaca else Path(path).stem)
             out[str(bench)] = flat
     return out
 
@@ -460,7 +566,8 @@ def build_model_card(
     `datasets` are Hub ids (linked, and listed in the metadata) or local paths (named only).
     `recipe_path` is inlined with secrets redacted; without `hyperparameters`, the table is picked
     from the recipe. `eval_results` (`{benchmark: {metric: value}}`, see `load_eval_results`) adds a
-    table and `model-index` metadata. `scorer_type` (complexity or quality) is inferred from the
+    table and `model-index` metadata; partial or non-standard runs (`eval_result_problems`) get the
+    table only, marked with why. `scorer_type` (complexity or quality) is inferred from the
     repo id or directory name when not given; unknown, the card shows both prompts.
     """
     if kind not in KINDS:
@@ -477,6 +584,7 @@ def build_model_card(
     hparams = dict(hyperparameters) if hyperparameters is not None else hyperparameters_from_recipe(recipe or {})
     hparams = redact(hparams)
     evals = _check_eval_results(eval_results) if eval_results else {}
+    eval_metadata = _eval_results_metadata(evals)
 
     hub_datasets = [d for d in datasets if is_hub_id(d)]
     tags = ["deita", "trl", kind, "alignment-data-selection", TEMPLATE_NAME]
@@ -490,8 +598,8 @@ def build_model_card(
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=tags,
-        model_name=name if evals else None,
-        eval_results=_eval_results_metadata(evals) or None,
+        model_name=name if eval_metadata else None,
+        eval_results=eval_metadata or None,
     )
 
     kind_text = _KIND_TEXT[kind].format(scorer=scorer_type or "complexity or quality")

@@ -187,8 +187,19 @@ def validate_record(
     return out, derived, converted
 
 
+def _not_utf8(path: Path, data: bytes, err: UnicodeDecodeError, line: int | None = None) -> ConversationError:
+    line = line if line is not None else data.count(b"\n", 0, err.start) + 1
+    return ConversationError(
+        f"not UTF-8 text (byte 0x{data[err.start]:02x} at line {line}); re-encode the file as UTF-8", source=str(path)
+    )
+
+
 def _iter_json_file(path: Path) -> Iterator[tuple[int | None, Any, ConversationError | None]]:
-    text = path.read_text(encoding="utf-8-sig")
+    data_bytes = path.read_bytes()
+    try:
+        text = data_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, data_bytes, e) from e
     if not text.strip():
         raise ConversationError("file is empty: no records", source=str(path))
     try:
@@ -204,14 +215,25 @@ def _iter_json_file(path: Path) -> Iterator[tuple[int | None, Any, ConversationE
         data = next((v for v in data.values() if isinstance(v, list)), None) if len(data) == 1 else None
     if not isinstance(data, list):
         raise ConversationError("expected a JSON array of records (or JSON Lines)", source=str(path))
+    if not data:
+        raise ConversationError("no records: the JSON array is empty", source=str(path))
     for rec in data:
         yield None, rec, None
 
 
 def _iter_jsonl_file(path: Path) -> Iterator[tuple[int | None, Any, ConversationError | None]]:
+    """Records line by line; a line that is not UTF-8 or not JSON is that line's error, not the file's."""
     seen_any = False
-    with open(path, encoding="utf-8-sig", newline=None) as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                seen_any = True
+                yield lineno, raw[:200].decode("utf-8", "replace"), _not_utf8(path, raw, e, lineno)
+                continue
             if not line.strip():
                 continue
             seen_any = True
@@ -221,7 +243,8 @@ def _iter_jsonl_file(path: Path) -> Iterator[tuple[int | None, Any, Conversation
                 body = line.strip()
                 cut_short = body[:1] in "{[" and (e.pos >= len(body) - 1 or e.msg.startswith("Unterminated"))
                 why = "truncated JSON line" if cut_short else "not valid JSON"
-                yield lineno, line[:200], ConversationError(f"{why} ({e.msg} at column {e.colno})", source=str(path))
+                msg = e.msg.removesuffix(" at")  # some messages already end in "at"
+                yield lineno, line[:200], ConversationError(f"{why} ({msg} at column {e.colno})", source=str(path))
     if not seen_any:
         raise ConversationError("file is empty: no records", source=str(path))
 

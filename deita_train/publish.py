@@ -8,7 +8,9 @@ Also `--config publish.yaml` (TRL's parser: YAML defaults, command-line override
 rejected). There is no `--token` flag on purpose: a token on a command line ends up in shell
 history, process lists and manifests. The token comes from `HF_TOKEN` or `hf auth login`; a dry
 run needs none. What is not given on the command line is read from the recipe and from the
-`manifest.json` the training or selection step wrote beside its output.
+`manifest.json` the training or selection step wrote beside its output. The training and selection
+steps publish through the same functions (`publish_trained_model`, `hub.publish_dataset`) when
+their recipe sets `push_to_hub` or `publish_dry_run`.
 """
 
 from __future__ import annotations
@@ -50,7 +52,10 @@ class ModelPublishConfig:
     kind: str | None = field(default=None, metadata={"help": "sft, dpo or scorer (default: from the manifest step)"})
     base_model: str | None = field(default=None, metadata={"help": "default: the recipe's model_name_or_path"})
     datasets: list[str] | None = field(default=None, metadata={"help": "Hub ids or paths (default: from the recipe)"})
-    recipe: str | None = field(default=None, metadata={"help": "the training recipe YAML, inlined (redacted)"})
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": "the training recipe YAML, inlined (redacted); default: the --config the manifest recorded"},
+    )
     eval_results: list[str] | None = field(default=None, metadata={"help": "evaluation result JSON files"})
     eval_model: str | None = field(default=None, metadata={"help": "model name inside a multi-model MT-Bench summary"})
     scorer_type: str | None = field(default=None, metadata={"help": "complexity or quality (kind scorer)"})
@@ -120,35 +125,92 @@ def _infer_kind(manifest: Mapping[str, Any]) -> str:
     return "dpo" if "dpo" in step else "scorer" if "scorer" in step else "sft"
 
 
-def publish_model_command(cfg: ModelPublishConfig) -> str:
-    model_dir = Path(cfg.path)
+def recipe_from_command(command: Sequence[str] | None) -> str | None:
+    """The `--config` recipe of a recorded command line (a manifest's `command`), if that file is still there."""
+    args = [str(a) for a in command or []]
+    if "--config" in args and args.index("--config") + 1 < len(args):
+        path = args[args.index("--config") + 1]
+    else:
+        path = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), None)
+    if path and not Path(path).is_file():
+        logger.warning("the recorded recipe %s is not there any more; the card will not inline it", path)
+        return None
+    return path
+
+
+def publish_trained_model(
+    model_dir: str | Path,
+    repo_id: str,
+    *,
+    recipe_path: str | Path | None = None,
+    kind: str | None = None,
+    base_model: str | None = None,
+    datasets: Sequence[str] | None = None,
+    eval_results: Sequence[str | Path] | None = None,
+    eval_model: str | None = None,
+    scorer_type: str | None = None,
+    license: str = "apache-2.0",
+    notes: str | None = None,
+    dry_run_dir: str | Path | None = None,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Card a trained output folder from its `manifest.json` (and recipe) and publish it; returns the URL or dry-run folder.
+
+    The one path from a training output to the Hub: `python -m deita_train.publish model` and the
+    training entry points (`push_to_hub` / `publish_dry_run`) both come here. Without `recipe_path`,
+    the recipe is the `--config` of the command the manifest recorded. `token` defaults to
+    `hub.resolve_token()` (HF_TOKEN or the login cache) and goes to `HfApi` only.
+    """
+    model_dir = Path(model_dir)
     manifest = _read_manifest(model_dir)
+    if recipe_path is None:
+        recipe_path = recipe_from_command(manifest.get("command"))
     # the manifest holds the values the run used (recipe + overrides + defaults); the recipe fills gaps
-    settings: dict[str, Any] = {**(load_recipe(cfg.recipe) if cfg.recipe else {}), **_flat_settings(manifest)}
-    base_model = cfg.base_model or settings.get("model_name_or_path")
+    settings: dict[str, Any] = {**(load_recipe(recipe_path) if recipe_path else {}), **_flat_settings(manifest)}
+    base_model = base_model or settings.get("model_name_or_path")
     if not base_model:
         raise ValueError("no base model: pass --base_model or a --recipe with model_name_or_path")
-    datasets = cfg.datasets
     if datasets is None:
         datasets = next((_as_list(settings[k]) for k in _DATASET_KEYS if settings.get(k)), [])
-    eval_results = load_eval_results(cfg.eval_results, model=cfg.eval_model) if cfg.eval_results else None
     card = build_model_card(
         model_dir,
-        repo_id=cfg.repo_id,
-        kind=cfg.kind or _infer_kind(manifest),
+        repo_id=repo_id,
+        kind=kind or _infer_kind(manifest),
         base_model=str(base_model),
         datasets=datasets,
-        recipe_path=cfg.recipe,
+        recipe_path=recipe_path,
         hyperparameters=hyperparameters_from_recipe(settings),
-        eval_results=eval_results,
-        license=cfg.license,
-        extra_notes=cfg.notes,
-        scorer_type=cfg.scorer_type,
+        eval_results=load_eval_results(eval_results, model=eval_model) if eval_results else None,
+        license=license,
+        extra_notes=notes,
+        scorer_type=scorer_type,
     )
     return publish_model(
         model_dir,
-        cfg.repo_id,
+        repo_id,
         card=card,
+        dry_run_dir=dry_run_dir,
+        private=private,
+        token=token,
+        commit_message=commit_message,
+    )
+
+
+def publish_model_command(cfg: ModelPublishConfig) -> str:
+    return publish_trained_model(
+        cfg.path,
+        cfg.repo_id,
+        recipe_path=cfg.recipe,
+        kind=cfg.kind,
+        base_model=cfg.base_model,
+        datasets=cfg.datasets,
+        eval_results=cfg.eval_results,
+        eval_model=cfg.eval_model,
+        scorer_type=cfg.scorer_type,
+        license=cfg.license,
+        notes=cfg.notes,
         dry_run_dir=cfg.dry_run,
         private=cfg.private,
         commit_message=cfg.commit_message,

@@ -19,6 +19,10 @@ the original). Output layout in `output_dir`::
     manifest.json              the step's manifest; counts satisfy in == selected + not_selected + rejected
 
 `explain` answers "why was this id (not) selected" from `selection_trace.jsonl` alone.
+
+With `push_to_hub: true` (repos `{hub_org}/{name}`) or `publish_dry_run: DIR` (one folder per budget,
+`DIR/deita-6k/...`), each budget's folder is published with its dataset card through
+`deita_train.hub` once everything is written: the data file, its manifest and the card, nothing else.
 """
 
 from __future__ import annotations
@@ -73,6 +77,18 @@ class SelectConfig:
     source_pools: list[str] = field(default_factory=list, metadata={"help": "Pool names or Hub ids, for the card."})
     hub_org: str | None = field(default=None, metadata={"help": "Org of the Hub ids in the cards (default 'local')."})
     license: str = field(default="mit", metadata={"help": "License in the cards."})
+    push_to_hub: bool = field(
+        default=False,
+        metadata={"help": "Upload each output to the Hub dataset repo {hub_org}/{name} (token: HF_TOKEN or login)."},
+    )
+    publish_dry_run: str | None = field(
+        default=None,
+        metadata={
+            "help": "Write exactly what publishing would upload into DIR/{name} per output instead of uploading "
+            "(no token needed); with or without push_to_hub."
+        },
+    )
+    hub_private_repo: bool = field(default=False, metadata={"help": "Create the dataset repos private."})
     histogram_bins: int = field(default=20, metadata={"help": "Bins of the score histograms."})
     block_size: int = field(default=4096, metadata={"help": "Candidates per block in the selection."})
     device: str | None = field(default=None, metadata={"help": "Selection device (default: CUDA if available)."})
@@ -95,6 +111,16 @@ class SelectConfig:
         labels = [budget_label(b) for b in self.budgets]
         if len(set(labels)) != len(labels):
             raise ValueError(f"budgets {self.budgets} give clashing names {labels}")
+        if self.push_to_hub and not self.hub_org:
+            raise ValueError("push_to_hub: true needs hub_org (the Hub user or organisation of the dataset repos)")
+        if self.push_to_hub or self.publish_dry_run:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            repo_id = f"{self.hub_org or 'local'}/{output_name(self, self.budgets[-1])}"
+            try:
+                validate_repo_id(repo_id)
+            except HFValidationError as e:
+                raise ValueError(f"hub_org / name_prefix give an invalid Hub repo id {repo_id!r}: {e}") from e
 
 
 def budget_label(budget: int) -> str:
@@ -287,9 +313,63 @@ def _card(
     return str(card)
 
 
+# Settings that say where outputs go, not how they were selected: kept out of the cards and per-output manifests.
+_PUBLISH_KEYS = ("push_to_hub", "publish_dry_run", "hub_private_repo")
+
+
+def _check_publishing(config: SelectConfig) -> None:
+    """Fail before selecting when the outputs cannot be published as asked."""
+    if config.publish_dry_run:
+        out, dest = Path(config.output_dir).resolve(), Path(config.publish_dry_run).resolve()
+        if dest == out or out in dest.parents:
+            raise ValueError(
+                f"publish_dry_run {config.publish_dry_run} is inside output_dir {config.output_dir}; "
+                "pick a folder outside it"
+            )
+    elif config.push_to_hub:
+        from deita_train.hub import resolve_token
+
+        if resolve_token() is None:
+            raise RuntimeError(
+                "push_to_hub: true but no Hub token: set HF_TOKEN or run `hf auth login` "
+                "(or set publish_dry_run: DIR to see what would be uploaded)"
+            )
+
+
+def publish_outputs(config: SelectConfig) -> dict[str, str]:
+    """Publish each budget's folder (data, manifest, its card) to `{hub_org}/{name}`, or dry-run it into DIR/{name}.
+
+    Returns `{name: repo URL or dry-run folder}`; empty when neither push_to_hub nor publish_dry_run is set.
+    """
+    from huggingface_hub import DatasetCard
+
+    from deita_train.hub import publish_dataset
+
+    if not (config.push_to_hub or config.publish_dry_run):
+        return {}
+    published = {}
+    for budget in config.budgets:
+        name = output_name(config, budget)
+        folder = Path(config.output_dir) / name
+        card = DatasetCard((folder / "README.md").read_text(encoding="utf-8"))
+        published[name] = publish_dataset(
+            folder,
+            f"{config.hub_org or 'local'}/{name}",
+            card=card,
+            dry_run_dir=Path(config.publish_dry_run) / name if config.publish_dry_run else None,
+            private=config.hub_private_repo,
+        )
+    return published
+
+
 def run_selection(config: SelectConfig) -> dict[str, Any]:
-    """Select from the scored pool into `config.output_dir` (see the module docstring); returns the counts."""
+    """Select from the scored pool into `config.output_dir` (see the module docstring); returns the counts.
+
+    When publishing is asked for, the outputs are published last, and the counts carry `published`:
+    `{name: repo URL or dry-run folder}`.
+    """
     out_dir = Path(config.output_dir)
+    _check_publishing(config)
     scorers = _default_scorers(config)
     needed = [k for k in ("complexity", "quality") if config.score_mode in ("sum_product", "mean_product", k)]
     if [k for k in needed if k not in scorers]:
@@ -357,7 +437,11 @@ def run_selection(config: SelectConfig) -> dict[str, Any]:
             "selected": n,
         }
         settings = {
-            **{k: v for k, v in asdict(config).items() if k not in ("budgets", "explain", "output_dir")},
+            **{
+                k: v
+                for k, v in asdict(config).items()
+                if k not in ("budgets", "explain", "output_dir", *_PUBLISH_KEYS)
+            },
             "budget": budget,
             "complexity_scorer": scorers.get("complexity"),
             "quality_scorer": scorers.get("quality"),
@@ -477,6 +561,9 @@ def run_selection(config: SelectConfig) -> dict[str, Any]:
         n_rejected,
         counts["outputs"],
     )
+    published = publish_outputs(config)
+    if published:
+        counts["published"] = published
     return counts
 
 

@@ -13,6 +13,11 @@ The entry points (`deita_train.sft`, `deita_train.dpo`) are thin; the decisions 
   single tokenizer call as the SFT tokenization of the same conversation.
 * `total_batch_size` fixes the effective batch whatever the number of processes; a launch that
   silently became N independent runs stops with an error; the last checkpoint is resumed by default.
+* `push_to_hub: true` (repo `hub_model_id`) and `publish_dry_run: DIR` publish the final model once,
+  at the end, through `deita_train.publish.publish_trained_model` (the project's card, the upload
+  plan, the secret scan), never through the Trainer's own push, which would upload the whole
+  output_dir with a generic card. The token comes from `hub_token`, `HF_TOKEN` or the login cache,
+  and is checked for before training starts.
 """
 
 from __future__ import annotations
@@ -83,6 +88,14 @@ class RunArguments:
         metadata={
             "help": "At the end of training every rank writes a checksum of the full parameters to "
             "output_dir/param_checksums/rank<N>.json, to check that the ranks ended in sync."
+        },
+    )
+    publish_dry_run: str | None = field(
+        default=None,
+        metadata={
+            "help": "At the end of training, write exactly what publishing would upload (model files, the model "
+            "card as README.md, upload_plan.json) into this folder instead of uploading; no token needed. Works with "
+            "or without push_to_hub (repo id: hub_model_id, else local/<output_dir name>)."
         },
     )
 
@@ -272,8 +285,71 @@ def skip_deepspeed_cpu_shm_kernel(environ: Mapping[str, str] | None = None) -> b
     return True
 
 
+@dataclass(frozen=True)
+class PublishRequest:
+    """What to publish at the end of training: the repo, and a dry-run folder (None: upload for real)."""
+
+    repo_id: str
+    dry_run_dir: str | None
+    push: bool  # the recipe's push_to_hub, which is switched off on the TrainingArguments
+    private: bool
+
+
+def take_over_hub_push(args: Any) -> PublishRequest | None:
+    """Move `push_to_hub` / `publish_dry_run` from the Trainer to deita-train's publishing; None when neither is set.
+
+    Sets `args.push_to_hub = False` (so the Trainer never creates a repo, pushes checkpoints or
+    writes its own card to the Hub) and keeps the request on `args.deita_publish`. Checks what can
+    fail before hours of training: the repo id, and for a real upload that a token is at hand.
+    Idempotent.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from deita_train.hub import resolve_token
+
+    previous = getattr(args, "deita_publish", None)
+    if previous is not None and not args.push_to_hub:
+        return previous
+    push, dry_run = bool(args.push_to_hub), getattr(args, "publish_dry_run", None)
+    if not push and not dry_run:
+        return None
+    if push and not args.hub_model_id:
+        raise ValueError("push_to_hub: true needs hub_model_id: ORG/NAME (the model repo to publish to)")
+    repo_id = args.hub_model_id or f"local/{Path(args.output_dir).resolve().name}"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f"hub_model_id {repo_id!r} is not a valid Hub repo id (ORG/NAME): {e}") from e
+    if dry_run:
+        out, dest = Path(args.output_dir).resolve(), Path(dry_run).resolve()
+        if dest == out or out in dest.parents:
+            raise ValueError(
+                f"publish_dry_run {dry_run} is inside output_dir {args.output_dir}; pick a folder outside it"
+            )
+    if push and not dry_run and resolve_token(args.hub_token) is None:
+        raise RuntimeError(
+            "push_to_hub: true but no Hub token: set HF_TOKEN or run `hf auth login` before training "
+            "(or set publish_dry_run: DIR to see what would be uploaded)"
+        )
+    if push and args.hub_revision:
+        logger.warning(
+            "hub_revision=%s is not used: deita-train publishes to the repo's main branch", args.hub_revision
+        )
+    request = PublishRequest(repo_id, str(dry_run) if dry_run else None, push, bool(args.hub_private_repo))
+    args.push_to_hub = False
+    args.deita_publish = request
+    if args.process_index == 0:
+        logger.info(
+            "At the end of training the final model is published to %s%s through deita_train.hub "
+            "(the Trainer's own push is off; checkpoints are not pushed)",
+            repo_id,
+            f" as a dry run into {dry_run}" if dry_run else "",
+        )
+    return request
+
+
 def prepare_run(args: Any) -> None:
-    """Start-up checks shared by the entry points: launch sanity, effective batch, log levels per rank."""
+    """Start-up checks shared by the entry points: launch sanity, effective batch, log levels, Hub publishing."""
     import transformers
 
     level = logging.INFO if args.process_index == 0 else logging.WARNING
@@ -281,6 +357,7 @@ def prepare_run(args: Any) -> None:
     transformers.utils.logging.set_verbosity(args.get_process_log_level())
     check_distributed_launch(args)
     apply_total_batch_size(args)
+    take_over_hub_push(args)
     if args.process_index == 0:
         logger.info(
             "World size %d (%s), device %s", args.world_size, args.distributed_state.distributed_type, args.device
@@ -890,6 +967,31 @@ class RunResult:
     metrics: dict[str, Any]
     data: DataReport
     resumed_from: str | None = None
+    published: str | None = None  # the repo URL or the dry-run folder, on the main process
+
+
+def publish_trained(output_dir: str | Path, request: PublishRequest, token: str | None = None) -> str:
+    """Publish a finished output_dir as `request` says, with the card `deita_train.publish` builds from its manifest."""
+    from deita_train.publish import publish_trained_model
+
+    try:
+        return publish_trained_model(
+            output_dir,
+            request.repo_id,
+            dry_run_dir=request.dry_run_dir,
+            private=request.private,
+            token=token,
+        )
+    except Exception:
+        logger.error(
+            "Publishing %s failed; the model is saved. Retry with: python -m deita_train.publish model --path %s "
+            "--repo_id %s%s",
+            output_dir,
+            output_dir,
+            request.repo_id,
+            f" --dry_run {request.dry_run_dir}" if request.dry_run_dir else "",
+        )
+        raise
 
 
 def distributed_summary(trainer: Any) -> dict[str, Any]:
@@ -947,9 +1049,20 @@ def train_and_save(
             },
         )
     trainer.accelerator.wait_for_everyone()
-    return RunResult(Path(args.output_dir), metrics, report, resume)
+    published = None
+    request = getattr(args, "deita_publish", None)
+    if request is not None and trainer.accelerator.is_main_process:  # after the barrier: no rank waits on an upload
+        published = publish_trained(args.output_dir, request, token=args.hub_token)
+    return RunResult(Path(args.output_dir), metrics, report, resume, published)
 
 
 def run_config(script_args: Any, args: Any, model_args: Any) -> dict[str, Any]:
-    """The resolved configuration for the manifest (TrainingArguments.to_dict hides tokens)."""
-    return {"script": asdict(script_args), "training": args.to_dict(), "model": asdict(model_args)}
+    """The resolved configuration for the manifest (TrainingArguments.to_dict hides tokens).
+
+    `push_to_hub` is the recipe's value, though the Trainer runs with it off (see `take_over_hub_push`).
+    """
+    training = args.to_dict()
+    request = getattr(args, "deita_publish", None)
+    if request is not None:
+        training["push_to_hub"] = request.push
+    return {"script": asdict(script_args), "training": training, "model": asdict(model_args)}

@@ -46,8 +46,9 @@ def files(tmp_path) -> dict[str, Path]:
             ]
             out[v] = tmp_path / f"ref_{v}.json"
             out[v].write_text(json.dumps(rows))
+        # Never the length of the v1 reference (a tie goes to whichever output the judge is shown first).
         model = [
-            {"instruction": s, "output": "y " * (60 + 50 * i), "generator": "example", "dataset": "d"}
+            {"instruction": s, "output": "y " * (65 + 50 * i), "generator": "example", "dataset": "d"}
             for i, s in enumerate(instr)
         ]
     out["model"] = tmp_path / "model_outputs.json"
@@ -227,3 +228,13 @@ def test_recipes_parse(recipe, version):
     (cfg,) = parse_config(script.AlpacaEvalConfig, args=["--config", str(REPO / "recipes" / "eval" / recipe)])
     assert cfg.version == version and cfg.judge_model == alpaca.VERSIONS[version]["judge_model"]
     assert alpaca.annotator_name(cfg.version, cfg.judge_model) == alpaca.VERSIONS[version]["annotator"]
+
+
+def test_format_result_without_any_annotation():
+    # What run_alpaca_eval records when the judge produced nothing: no win_rate, no standard_error.
+    result = {"version": 2, "annotator": "weighted_alpaca_eval_gpt4_turbo", "judge_model": "j", "generator": "tiny",
+              "baseline": "gpt4_1106_preview", "n_outputs": N, "n_failed": N, "complete": False, "n_total": 0,
+              "avg_length": 10, "length_controlled_winrate": None}  # fmt: skip
+    assert "SCORES WITHHELD" in alpaca.format_result(result)
+    text = alpaca.format_result(result, allow_failures=True)
+    assert f"win rate: unavailable (no annotations: 0/{N} annotated, {N} failed)" in text

@@ -26,7 +26,7 @@ from deita_train.templates import render_conversation
 
 SECRET = "hf_cardsSentinel0123456789abcdefghijklmnop"
 EVALS = {
-    "mt_bench": {"turn_1": 7.5, "turn_2": 6.9, "overall": 7.2, "n_failed": 1},
+    "mt_bench": {"turn_1": 7.5, "turn_2": 6.9, "overall": 7.2, "n_failed": 0, "n_missing": 0, "n_expected": 160},
     "alpaca_eval": {"win_rate": 80.78, "lc_win_rate": 21.5},
 }
 
@@ -94,7 +94,8 @@ def test_model_card_metadata_round_trips(tmp_path, tiny, recipe):
     text = loaded.text
     assert "https://huggingface.co/datasets/hkust-nlp/deita-6k-v0" in text
     assert "local.jsonl` (local, not on the Hub)" in text
-    assert "| [MT-Bench](https://arxiv.org/abs/2306.05685) | n_failed | 1 |" in text
+    assert "| [MT-Bench](https://arxiv.org/abs/2306.05685) | n_expected | 160 |" in text
+    assert "NOT INDEXED" not in text
     assert "| adam_beta2 | 0.999 |" in text and "| learning_rate | 2e-05 |" in text
     assert "deita-sft --config deita-6k.yaml" in text
     example = render_conversation(
@@ -298,3 +299,126 @@ def test_score_histogram_and_size_category():
     hist = score_histogram([1.0, 2.0, 3.0, 4.0], [3.0, 4.0], bins=3)
     assert hist["pool"] == [1, 1, 2] and hist["selected"] == [0, 0, 2] and len(hist["bins"]) == 4
     assert [size_category(n) for n in (999, 6000, 10000, 300000)] == ["n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M"]
+
+
+# ------------------------------------------------------------------ partial and non-standard evaluation results
+
+
+def mt_bench_summary(path: Path, questions: list[dict], n_failed: int = 0, n_missing: int = 0, **extra) -> Path:
+    """A summary written the way `mt_bench.show` writes it, from judgments scoring 9 where they did not fail."""
+    from deita_train.evaluation import mt_bench as mb
+
+    keys = [(q["question_id"], t) for q in questions for t in (1, 2)]
+    judged = keys[: len(keys) - n_missing]
+    judgments = [
+        {
+            "question_id": qid,
+            "model": "tiny",
+            "judge": ["gpt-4", "single-v1"],
+            "turn": turn,
+            "score": -1 if i < n_failed else 9.0,
+            "status": mb.STATUS_PARSE_FAILED if i < n_failed else mb.STATUS_OK,
+            "category": "writing",
+        }
+        for i, (qid, turn) in enumerate(judged)
+    ]
+    summary = mb.summarize(judgments, judge_model="gpt-4", models=["tiny"], questions=questions)
+    path.write_text(json.dumps({**summary, **extra}))
+    return path
+
+
+def questions(n: int, start: int = 81) -> list[dict]:
+    return [{"question_id": start + i, "category": "writing", "turns": ["q", "follow-up"]} for i in range(n)]
+
+
+def card_with(evals: dict) -> ModelCard:
+    return build_model_card(None, repo_id="me/x", kind="sft", base_model="mistralai/Mistral-7B-v0.1", datasets=[],
+                            eval_results=evals)  # fmt: skip
+
+
+def test_partial_mt_bench_summary_is_shown_but_not_indexed(tmp_path):
+    # The reviewer's case: 80 questions, 70 judgments failed and 50 missing; the 40 left all say 9.
+    path = mt_bench_summary(tmp_path / "summary.json", questions(80), n_failed=70, n_missing=50)
+    evals = load_eval_results([path])
+    assert evals["mt_bench"]["overall"] == 9.0 and evals["mt_bench"]["n_expected"] == 160
+    card = card_with(evals)
+    assert card.data.eval_results is None and "model-index" not in card.data.to_yaml()
+    assert "mt_bench_prompts" not in str(card)
+    text = card.text
+    assert "| MT-Bench (NOT INDEXED) | status | partial: 70 failed, 50 missing judgments |" in text
+    for row in ("overall | 9 |", "n_judgments | 110 |", "n_ok | 40 |", "n_missing | 50 |", "n_expected | 160 |"):
+        assert f"| MT-Bench (NOT INDEXED) | {row}" in text
+    assert "kept out of the card's `model-index`" in text
+
+
+def test_full_mt_bench_summary_is_indexed(tmp_path):
+    evals = load_eval_results([mt_bench_summary(tmp_path / "summary.json", questions(80))])
+    card = card_with(evals)
+    indexed = {r.metric_name: (r.metric_value, r.dataset_type) for r in card.data.eval_results}
+    assert indexed == dict.fromkeys(("turn_1", "turn_2", "overall"), (9.0, "HuggingFaceH4/mt_bench_prompts"))
+    assert "NOT INDEXED" not in card.text
+
+
+def test_demo_and_short_mt_bench_runs_are_not_indexed(tmp_path):
+    from deita_train.evaluation import mt_bench as mb
+
+    demo = mb.load_questions(mb.DEMO_QUESTIONS)
+    # As the demo writes it today: complete, but over the demo's own questions (judgment count says so).
+    card = card_with(load_eval_results([mt_bench_summary(tmp_path / "demo.json", demo)]))
+    assert card.data.eval_results is None and "mt_bench_prompts" not in str(card)
+    assert f"status | {2 * len(demo)} judgments expected, not the 160 of MT-Bench" in card.text
+    # With the question file recorded, the card names it for what it is.
+    recorded = mt_bench_summary(
+        tmp_path / "demo_q.json", demo[:4], question_file=str(mb.DEMO_QUESTIONS), n_questions=4
+    )
+    card = card_with(load_eval_results([recorded]))
+    assert card.data.eval_results is None
+    assert "4 questions, not the 80 of MT-Bench; demo questions (mt_bench_demo), not MT-Bench |" in card.text
+    assert f"| question_file | {mb.DEMO_QUESTIONS} |" in card.text
+    # 80 questions of another file (its sha256 recorded) are not MT-Bench either; FastChat's file's sha256 is.
+    other = mt_bench_summary(tmp_path / "o.json", questions(80), question_file="mine.jsonl", question_file_sha256="0")
+    assert card_with(load_eval_results([other])).data.eval_results is None
+    fastchat_sha = mb.downloads.REMOTE_FILES["mt_bench_questions"].sha256
+    full = mt_bench_summary(
+        tmp_path / "f.json", questions(80), question_file="q.jsonl", question_file_sha256=fastchat_sha
+    )
+    assert len(card_with(load_eval_results([full])).data.eval_results) == 3
+    # Summarized without the question list: missing judgments were never counted.
+    unknown = {"judge_model": "gpt-4", "models": {"tiny": {"overall": 9.0, "n_failed": 0, "n_missing": None,
+                                                           "n_expected": None, "complete": True}}}  # fmt: skip
+    (tmp_path / "u.json").write_text(json.dumps(unknown))
+    card = card_with(load_eval_results([tmp_path / "u.json"]))
+    assert card.data.eval_results is None and "missing judgments not counted" in card.text
+
+
+def alpaca_results(n_outputs: int, n_failed: int) -> dict:
+    """The shape of `alpaca.run_alpaca_eval`'s results.json."""
+    n_total = n_outputs - n_failed
+    metrics = {"win_rate": 55.0, "standard_error": 1.2, "n_wins": n_total // 2, "n_total": n_total} if n_total else {}
+    return {"version": 2, "annotator": "weighted_alpaca_eval_gpt4_turbo", "judge_model": "gpt-4-1106-preview",
+            "generator": "tiny", "baseline": "gpt4_1106_preview", "reference_file": "ref.json",
+            "n_outputs": n_outputs, "n_failed": n_failed, "complete": n_failed == 0, "n_total": n_total, **metrics,
+            "avg_length": 1234, "length_controlled_winrate": None}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "n_outputs, n_failed, status",
+    [
+        (805, 3, "partial: 3 of 805 instructions not annotated"),
+        (8, 0, "8 instructions, not the 805 of AlpacaEval"),
+        (805, 805, "partial: 805 of 805 instructions not annotated"),
+    ],
+)
+def test_partial_alpaca_eval_results_are_not_indexed(tmp_path, n_outputs, n_failed, status):
+    (tmp_path / "results.json").write_text(json.dumps(alpaca_results(n_outputs, n_failed)))
+    evals = load_eval_results([tmp_path / "results.json"])
+    assert list(evals) == ["alpaca_eval"]  # recognised even with no win_rate at all
+    card = card_with(evals)
+    assert card.data.eval_results is None and "tatsu-lab/alpaca_eval" not in card.data.to_yaml()
+    assert f"| AlpacaEval (NOT INDEXED) | status | {status} |" in card.text
+
+
+def test_full_alpaca_eval_result_is_indexed_without_bookkeeping(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(alpaca_results(805, 0)))
+    card = card_with(load_eval_results([tmp_path / "results.json"]))
+    assert {r.metric_name: r.metric_value for r in card.data.eval_results} == {"win_rate": 55.0, "standard_error": 1.2}

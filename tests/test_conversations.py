@@ -274,3 +274,26 @@ def test_real_sharegpt_sample_loads(shared_data):
     recs = load_conversations(shared_data / "sharegpt" / "dummy_conversation.json")
     assert len(recs) == 500
     assert {len(r["conversations"]) for r in recs} <= {2, 4, 6}
+
+
+def test_not_utf8(tmp_path):
+    p = tmp_path / "latin1.jsonl"
+    p.write_bytes(
+        (json.dumps(GOOD) + "\n").encode() + b'{"id": "b", "conversations": [{"from": "human", "value": "caf\xe9"}]}\n'
+    )
+    with pytest.raises(ConversationError, match=r"record 1 \(line 2\): not UTF-8 text \(byte 0xe9 at line 2\)"):
+        load_conversations(p)
+    out, report = load_conversations_with_report(p, strict=False)
+    assert [r["id"] for r in out] == ["a"] and report.rejects[0]["line"] == 2
+    q = tmp_path / "latin1.json"
+    q.write_bytes(b'[\n{"id": "a", "conversations": [{"from": "human", "value": "caf\xe9"}]}]')
+    with pytest.raises(ConversationError, match=r"latin1.json: not UTF-8 text \(byte 0xe9 at line 2\)"):
+        load_conversations(q)
+
+
+def test_empty_json_array_is_no_records(tmp_path):
+    for body in ("[]", '{"data": []}'):
+        p = tmp_path / "empty.json"
+        p.write_text(body)
+        with pytest.raises(ConversationError, match="no records"):
+            load_conversations(p, strict=False)

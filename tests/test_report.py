@@ -35,3 +35,17 @@ def test_report_from_stage_outputs(tmp_path):
         assert (run / "report" / png).stat().st_size > 1000 and f"]({png})" in text
     assert "| score | ran | 1.5 | in=30, scored=30 |" in text and "| select | reused |" in text
     assert "tiny   1.5" in text, "the evaluation table is included"
+
+
+def test_demo_pool_and_tokenize_stages(tmp_path, tiny_mistral):
+    from deita_train.demo import stage_pool, stage_tokenize
+
+    pool = stage_pool(tmp_path)
+    assert pool["n_in"] == pool["n_kept"] + pool["n_rejected"] and pool["n_rejected"] == 4
+    counts = stage_tokenize(tmp_path, tmp_path / "pool.jsonl", tiny_mistral, max_length=64)
+    assert counts["samples"] == pool["n_kept"] and counts["truncated"] > 0
+    assert 0 < counts["supervised_tokens"] < counts["tokens"]
+    sample = (tmp_path / "masked_sample.txt").read_text()
+    assert "ASSISTANT:[[" in sample and sample.endswith("]]"), (
+        "at 64 tokens the reply is cut: its head stays supervised"
+    )

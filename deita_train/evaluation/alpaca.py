@@ -333,6 +333,12 @@ def format_result(result: Mapping[str, Any], allow_failures: bool = False) -> st
         )
         return "\n".join(lines)
     flag = "" if result["complete"] else " (PARTIAL: over the annotated instructions only)"
+    if result.get("win_rate") is None:  # no annotation at all: alpaca_eval computed no metric
+        lines.append(
+            f"  win rate: unavailable (no annotations: {result.get('n_total', 0)}/{result['n_outputs']} annotated, "
+            f"{result['n_failed']} failed)"
+        )
+        return "\n".join(lines)
     lines.append(f"  win rate {result['win_rate']:.4f} +/- {result['standard_error']:.4f}{flag}")
     if result.get("length_controlled_winrate") is not None:
         lines.append(f"  length-controlled win rate {result['length_controlled_winrate']:.4f}{flag}")
