@@ -240,6 +240,7 @@ def stage_publish(out: Path, model: Path, mt_bench: Path) -> dict[str, Any]:
     from deita_train.publish import main as publish_main
 
     args = ["model", "--path", str(model), "--repo_id", "local/deita-tiny-demo", "--dry_run", str(out / "model")]
+    args += ["--recipe", recipe("tiny", "dpo.yaml")]
     summary_json = mt_bench / "summary.json"
     if summary_json.exists():
         args += ["--eval_results", str(summary_json)]
@@ -364,7 +365,7 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
         Stage(
             "publish",
             lambda d: stage_publish(d, out / "dpo", out / "mt_bench"),
-            inputs=[out / "dpo" / "model.safetensors", out / "mt_bench" / "table.txt"],
+            inputs=[recipe("tiny", "dpo.yaml"), out / "dpo" / "model.safetensors", out / "mt_bench" / "table.txt"],
             outputs=["model/README.md"],
         ),
     ]

@@ -208,10 +208,23 @@ def gradient_accumulation_for(total_batch_size: int, per_device_batch_size: int,
         )
     per_step = per_device_batch_size * world_size
     if total_batch_size % per_step:
+        if total_batch_size % world_size:
+            counts = [n for n in range(1, 65) if total_batch_size % n == 0]
+            lower = total_batch_size // world_size * world_size
+            hint = (
+                f"{world_size} processes cannot share {total_batch_size} samples evenly: run on a process count "
+                f"that divides it ({counts}) or set total_batch_size to a multiple of {world_size} "
+                f"(nearest: {lower} or {lower + world_size}), knowing it changes the recipe's effective batch"
+            )
+        else:
+            per_process = total_batch_size // world_size
+            sizes = [d for d in range(1, per_process + 1) if per_process % d == 0]
+            hint = (
+                f"with {world_size} processes, per_device_train_batch_size must divide {per_process}: one of {sizes}"
+            )
         raise ValueError(
             f"total_batch_size={total_batch_size} is not a multiple of per_device_train_batch_size "
-            f"({per_device_batch_size}) x processes ({world_size}) = {per_step}; change per_device_train_batch_size "
-            "or the number of processes so the effective batch stays exact."
+            f"({per_device_batch_size}) x processes ({world_size}) = {per_step}; {hint}."
         )
     return total_batch_size // per_step
 
@@ -450,16 +463,22 @@ def set_generation_eos(model: Any, tokenizer: Any) -> None:
 RecordError = ConversationError
 
 
-def load_records(source: str | Path, split: str | None = None) -> list[dict[str, Any]]:
+def load_records(
+    source: str | Path, split: str | None = None, *, strict: bool = True, rejects: list | None = None
+) -> list[dict[str, Any]]:
     """Plain records from .jsonl / .json / .parquet / a saved dataset dir / a Hub dataset id.
 
-    Read with the data layer's reader, so every step accepts the same sources the same way; a line
-    that is not JSON raises, naming it.
+    Read with the data layer's reader, so every step accepts the same sources the same way. A line
+    that is not JSON raises naming its record index and line (strict), or goes to `rejects` (lenient).
     """
     records = []
-    for _line, raw, parse_error in iter_source(source, split):
+    for index, (line, raw, parse_error) in enumerate(iter_source(source, split)):
         if parse_error is not None:
-            raise parse_error
+            err = ConversationError(parse_error.reason, source=str(source), index=index, line=line)
+            if strict or rejects is None:
+                raise err
+            rejects.append(err.as_reject(raw))
+            continue
         records.append(raw)
     return records
 
@@ -717,8 +736,10 @@ def prepare_sft_data(
             records = _limit(records, script_args.max_samples, report)
             encoded = encode_chat_records(records, tokenizer, args.max_length, report)
         else:
-            records = load_records(source, split)
-            report.n_in = len(records)
+            n_rejects = len(rejects)
+            records = load_records(source, split, strict=script_args.strict_data, rejects=rejects)
+            report.n_rejected += len(rejects) - n_rejects  # lines that were not records at all
+            report.n_in = len(records) + len(rejects) - n_rejects
             records = _limit(records, script_args.max_samples, report)
             encoded = encode_scorer_records(
                 records, tokenizer, args.max_length, report, strict=script_args.strict_data, rejects=rejects
@@ -879,8 +900,11 @@ def prepare_dpo_data(
     report = DataReport(source=str(source), task="dpo", max_length=args.max_length)
     rejects: list[dict[str, Any]] = []
     with args.main_process_first(desc="load dataset"):
-        records = load_records(source, script_args.dataset_train_split)
-    report.n_in = len(records)
+        records = load_records(
+            source, script_args.dataset_train_split, strict=script_args.strict_data, rejects=rejects
+        )
+    report.n_rejected += len(rejects)  # lines that were not records at all
+    report.n_in = len(records) + len(rejects)
     records = _limit(records, script_args.max_samples, report)
     items = prepare_preference_items(
         records, tokenizer, args.max_length, report, strict=script_args.strict_data, rejects=rejects

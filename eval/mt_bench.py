@@ -181,7 +181,7 @@ def judge(cfg: MTBenchConfig) -> None:
 
 
 def show(cfg: MTBenchConfig) -> int:
-    _, questions = _questions(cfg)
+    qpath, questions = _questions(cfg)
     path = mb.judgment_file(cfg.bench_dir, cfg.judge_model)
     stem = path.with_suffix("")
     try:
@@ -193,6 +193,7 @@ def show(cfg: MTBenchConfig) -> int:
             allow_failures=cfg.allow_failures,
             plot_path=stem.with_name(stem.name + "_radar.png") if cfg.plot else None,
             summary_path=stem.with_name(stem.name + "_summary.json"),
+            question_file=qpath,
         )
     except mb.FailedJudgmentsError as e:
         print(e)

@@ -363,10 +363,10 @@ def test_demo_and_short_mt_bench_runs_are_not_indexed(tmp_path):
     from deita_train.evaluation import mt_bench as mb
 
     demo = mb.load_questions(mb.DEMO_QUESTIONS)
-    # As the demo writes it today: complete, but over the demo's own questions (judgment count says so).
+    # Complete, but over the demo's own questions: the summary's question count says so.
     card = card_with(load_eval_results([mt_bench_summary(tmp_path / "demo.json", demo)]))
     assert card.data.eval_results is None and "mt_bench_prompts" not in str(card)
-    assert f"status | {2 * len(demo)} judgments expected, not the 160 of MT-Bench" in card.text
+    assert f"status | {len(demo)} questions, not the 80 of MT-Bench" in card.text
     # With the question file recorded, the card names it for what it is.
     recorded = mt_bench_summary(
         tmp_path / "demo_q.json", demo[:4], question_file=str(mb.DEMO_QUESTIONS), n_questions=4

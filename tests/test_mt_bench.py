@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -482,3 +483,19 @@ def test_recipe_parses_and_rejects_unknown_keys():
     assert cfg.models() == ["deita-7b-v1.0"]
     with pytest.raises((ValueError, SystemExit)):
         parse_config(script.MTBenchConfig, args=["--judge_modle", "gpt-4"])
+
+
+def test_summary_without_questions_is_never_complete_and_records_its_question_file(tmp_path):
+    qfile = tmp_path / "q.jsonl"
+    questions = [{"question_id": 1, "category": "writing", "turns": ["a", "b"]}]
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    judgments = [
+        {"question_id": 1, "model": "m", "judge": ["j", "single-v1"], "turn": t, "score": 7.0, "judgment": "[[7]]"}
+        for t in (1, 2)
+    ]
+    blind = mb.summarize(judgments, judge_model="j")
+    assert blind["models"]["m"]["n_missing"] is None and not blind["complete"], "missing ones were never counted"
+    full = mb.summarize(judgments, judge_model="j", questions=questions, question_file=qfile)
+    assert full["complete"] and full["models"]["m"]["overall"] == 7.0
+    assert (full["question_file"], full["n_questions"]) == (str(qfile), 1)
+    assert full["question_file_sha256"] == hashlib.sha256(qfile.read_bytes()).hexdigest()

@@ -135,3 +135,15 @@ def test_tiny_scorer_trains_and_its_loss_goes_down(tiny, tmp_path):
     trainer.train()
     curve = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(curve) == 8 and curve[-1] < 0.5 * curve[0]
+
+
+def test_a_line_that_is_not_json_is_named_or_rejected(tiny, tmp_path):
+    good = json.dumps({"id": "a", "prompt": complexity_prompt("fine"), "completion": "2"})
+    data = tmp_path / "d.jsonl"
+    data.write_text(good + "\n" + good.replace('"a"', '"b"')[:30] + "\n" + good.replace('"a"', '"c"') + "\n")
+    with pytest.raises(RecordError, match=r"record 1 \(line 2\): truncated JSON line"):
+        prepare(tiny, tmp_path, data)
+    train, _, report, _ = prepare(tiny, tmp_path, data, "--strict_data", "false")
+    assert (report.n_in, report.n_rejected, report.n_train) == (3, 1, 2)
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [(r["index"], r["line"]) for r in rejects] == [(1, 2)]

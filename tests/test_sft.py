@@ -259,6 +259,12 @@ def test_total_batch_size_is_kept_whatever_the_world_size():
             assert steps * per_device * world == 512
     with pytest.raises(ValueError, match="not a multiple"):
         gradient_accumulation_for(512, 3, 2)
+    with pytest.raises(ValueError, match=r"6 processes cannot share 512 samples evenly.*\[1, 2, 4, 8, 16, 32, 64\]"):
+        gradient_accumulation_for(512, 2, 6)
+    with pytest.raises(
+        ValueError, match=r"per_device_train_batch_size must divide 64: one of \[1, 2, 4, 8, 16, 32, 64\]"
+    ):
+        gradient_accumulation_for(512, 3, 8)
     args = SimpleNamespace(
         total_batch_size=512, per_device_train_batch_size=2, world_size=8, gradient_accumulation_steps=1
     )

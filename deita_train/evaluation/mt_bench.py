@@ -37,7 +37,7 @@ from typing import Any
 
 from deita_train.evaluation import downloads
 from deita_train.evaluation.records import AppendLog, read_log
-from deita_train.jsonl import write_json, write_jsonl
+from deita_train.jsonl import file_sha256, write_json, write_jsonl
 
 
 logger = logging.getLogger(__name__)
@@ -447,12 +447,15 @@ def summarize(
     judge_model: str | None = None,
     models: Sequence[str] | None = None,
     questions: Sequence[Mapping[str, Any]] | None = None,
+    question_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Per-model turn 1, turn 2, overall and per-category means over valid judgments, with all the counts.
 
     `overall` is FastChat's "Average": the mean over every valid judgment of both turns. With
     `questions`, the judgments expected per model are known, and missing ones are counted too.
-    A model is `complete` when nothing failed and nothing is missing.
+    A model is `complete` when nothing failed and nothing is missing; without `questions` nothing
+    can say whether judgments are missing, so it is never `complete`. `question_file` (path, sha256
+    and question count) tells a reader whether these are MT-Bench's 80 questions or another set.
     """
     categories = {q["question_id"]: q["category"] for q in questions or ()}
     expected_keys = None
@@ -490,7 +493,7 @@ def summarize(
             "n_failed": n_parse + n_api,
             "n_expected": None if expected_keys is None else len(expected_keys),
             "n_missing": n_missing,
-            "complete": n_parse + n_api == 0 and not n_missing and len(recs) > 0,
+            "complete": n_parse + n_api == 0 and n_missing == 0 and len(recs) > 0,
             "turn_1": _mean(turn_scores[1]),
             "turn_2": _mean(turn_scores[2]),
             "overall": _mean([float(r["score"]) for r in ok]),
@@ -500,6 +503,9 @@ def summarize(
         }
     return {
         "judge_model": judge_model,
+        "question_file": None if question_file is None else str(question_file),
+        "question_file_sha256": None if question_file is None else file_sha256(question_file),
+        "n_questions": None if questions is None else len(questions),
         "models": out,
         "complete": all(m["complete"] for m in out.values()) and bool(out),
     }
@@ -601,13 +607,20 @@ def show(
     allow_failures: bool = False,
     plot_path: str | Path | None = None,
     summary_path: str | Path | None = None,
+    question_file: str | Path | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Summarize a judgment file: the table text and the summary; raises `FailedJudgmentsError` when incomplete.
 
     The table (with the counts) and the summary JSON are written either way; the radar plot only
     when the scores are reportable (complete, or `allow_failures`).
     """
-    summary = summarize(load_judgments(judgment_path), judge_model=judge_model, models=models, questions=questions)
+    summary = summarize(
+        load_judgments(judgment_path),
+        judge_model=judge_model,
+        models=models,
+        questions=questions,
+        question_file=question_file,
+    )
     text = format_summary(summary, allow_failures=allow_failures)
     if summary_path is not None:
         write_json(summary_path, {**summary, "judgment_file": str(judgment_path), "allow_failures": allow_failures})
@@ -664,7 +677,11 @@ def run_demo_eval(
         judgments_path = judgment_file(out_dir, judge_model)
         report = run_judging(matches, client, judgments_path)
     summary = summarize(
-        load_judgments(judgments_path), judge_model=judge_model, models=[model_id], questions=questions
+        load_judgments(judgments_path),
+        judge_model=judge_model,
+        models=[model_id],
+        questions=questions,
+        question_file=DEMO_QUESTIONS,
     )
     table = format_summary(summary, allow_failures=True)
     plot = plot_radar(summary, out_dir / "mt_bench_radar.png", title="MT-Bench demo (tiny model, stub judge)")
