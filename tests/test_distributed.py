@@ -134,3 +134,24 @@ def test_two_processes_without_use_cpu_stop_with_a_clear_error(tiny, tmp_path):
     proc = launch("cpu_2proc.yaml", "deita_train.sft", "sft.yaml", tiny, tmp_path / "out", "--use_cpu", "false")
     assert proc.returncode != 0
     assert "2 independent runs" in proc.stderr and "use_cpu: true" in proc.stderr
+
+
+def test_two_ranks_train_what_one_process_trains_with_the_same_effective_batch(sft_run, tiny, tmp_path):
+    """Each optimizer step covers the same 8 samples, split over 2 ranks or accumulated on 1: the same model.
+
+    This checks the data really is sharded and the gradients really are averaged across ranks: had
+    both ranks read the same samples, each step would cover only 4 distinct ones and the weights
+    would differ. (Two independent runs are caught elsewhere: the launch guard and num_processes.)
+    """
+    out = tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "deita_train.sft", "--config", str(ROOT / "recipes" / "tiny" / "sft.yaml")]
+    cmd += ["--model_name_or_path", str(tiny), "--output_dir", str(out), "--save_strategy", "no"]
+    cmd += ["--dataset_name", str(ROOT / "recipes" / "tiny" / "data" / "sft.jsonl"), *SHORT]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert manifest(out)["distributed"]["gradient_accumulation_steps"] == 4
+    assert manifest(sft_run("ddp"))["distributed"]["gradient_accumulation_steps"] == 2
+    one, two = load_file(out / "model.safetensors"), load_file(sft_run("ddp") / "model.safetensors")
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=1e-4)
