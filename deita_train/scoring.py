@@ -94,20 +94,54 @@ def digit_token_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
-def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
-    """``tokenizer.encode(prompt)`` as the original (BOS, no EOS); refuses a tokenizer that appends EOS."""
-    ids = tokenizer.encode(prompt)
+def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """``tokenizer.encode(prompt)`` for each prompt as the original (BOS, no EOS), in one batched call.
+
+    Refuses a tokenizer that appends EOS: the scorer must see the bare prompt.
+    """
+    if not prompts:
+        return []
+    ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     eos = tokenizer.eos_token_id
-    if eos is not None and ids and ids[-1] == eos:
-        raise ScoringError("tokenizer appends EOS to prompts (add_eos_token?); the scorer must see the bare prompt")
+    for i, row in enumerate(ids):
+        if eos is not None and row and row[-1] == eos:
+            raise ScoringError(
+                f"tokenizer appends EOS to prompt {i} (add_eos_token?); the scorer must see the bare prompt"
+            )
     return ids
+
+
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """One prompt's token ids (see `encode_prompts`)."""
+    return encode_prompts(tokenizer, [prompt])[0]
 
 
 # ------------------------------------------------------------------------------------- forward
 
 
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def _digit_head(model: Any, digit_ids: Any) -> tuple[Any, Any] | None:
+    """The six rows of the output projection (and bias) for the digit tokens, when logits are a plain
+    linear map of the final hidden state; None for architectures that rescale or cap logits."""
+    config = getattr(model, "config", None)
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if head is None or decoder is None or not hasattr(head, "weight"):
+        return None
+    bias = getattr(head, "bias", None)
+    return head.weight[digit_ids], (None if bias is None else bias[digit_ids])
+
+
 def _batch_logits(model: Any, rows: list[list[int]], digit_ids: Any, padding_side: str, pad_id: int) -> Any:
-    """The six digit logits (float32, shape (B, 6)) at the position after each row's last token."""
+    """The six digit logits (float32, shape (B, 6)) at the position after each row's last token.
+
+    Only the digits' six rows of the output projection are applied to the final hidden state at the
+    last real position, instead of the whole vocabulary: the same numbers at a sliver of the cost.
+    """
     import torch
 
     device = model.device
@@ -119,17 +153,20 @@ def _batch_logits(model: Any, rows: list[list[int]], digit_ids: Any, padding_sid
         ids[i, sl] = torch.tensor(r, dtype=torch.long)
         mask[i, sl] = 1
     ids, mask = ids.to(device), mask.to(device)
-    if padding_side == "left":
-        # positions count real tokens only, so a left-padded row sees the positions of its unpadded self
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False).logits
-        last = logits[:, -1, :]
-    else:
-        lengths = mask.sum(-1)
-        keep, where = torch.unique(lengths - 1, return_inverse=True)  # only the distinct last positions
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
-        last = logits[torch.arange(len(rows), device=device), where]
-    return last[:, digit_ids].float()
+    # positions count real tokens only, so a left-padded row sees the positions of its unpadded self
+    pos = (mask.cumsum(-1) - 1).clamp(min=0) if padding_side == "left" else None
+    last_index = torch.full((len(rows),), width - 1, device=device) if padding_side == "left" else mask.sum(-1) - 1
+    rows_index = torch.arange(len(rows), device=device)
+    head = _digit_head(model, digit_ids)
+    if head is not None:
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+        last = hidden.last_hidden_state[rows_index, last_index]
+        weight, bias = head
+        logits = last @ weight.T
+        return (logits if bias is None else logits + bias).float()
+    keep, where = torch.unique(last_index, return_inverse=True)  # only the distinct last positions
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep, use_cache=False).logits
+    return out[rows_index, where][:, digit_ids].float()
 
 
 def score_token_ids(
@@ -186,7 +223,7 @@ def expected_scores(
 ) -> list[float]:
     """Expected Deita score of each already-rendered scorer prompt (input order); raises if any is not finite."""
     digit_ids = digit_token_ids(tokenizer)
-    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    ids = encode_prompts(tokenizer, prompts)
     scores = score_token_ids(
         model, ids, digit_ids, batch_size=batch_size, padding_side=padding_side, pad_token_id=_pad_id(tokenizer)
     )

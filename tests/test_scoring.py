@@ -111,9 +111,10 @@ def test_digit_ids_fail_loudly_when_space_and_digit_merge():
         digit_token_ids(_MergingTokenizer())
 
 
-def test_encode_prompt_refuses_a_tokenizer_that_appends_eos(mistral_tokenizer):
-    tok = copy.deepcopy(mistral_tokenizer)
-    tok.encode = lambda text: mistral_tokenizer.encode(text) + [tok.eos_token_id]
+def test_encode_prompt_refuses_a_tokenizer_that_appends_eos(tiny_mistral):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_mistral, add_eos_token=True)
     with pytest.raises(ScoringError, match="EOS"):
         encode_prompt(tok, complexity_prompt("hi"))
 
@@ -350,3 +351,17 @@ def test_vllm_logprob_parsing_never_invents_a_score():
     assert expected_from_logits(np.array([row]))[0] == pytest.approx(softmax(row) @ np.arange(1, 7))
     del step[MISTRAL_DIGITS[5]]
     assert np.isnan(expected_from_logits(np.array([digit_logprobs(step, MISTRAL_DIGITS)]))[0])
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_full_vocabulary_fallback_gives_the_same_scores(model_tok, monkeypatch, padding_side):
+    """Models that rescale or cap logits take the whole-vocabulary path; it must agree with the digit-rows one."""
+    from deita_train import scoring
+
+    model, tok = model_tok
+    prompts = [complexity_prompt("Why is the sky blue?"), quality_prompt("Name a colour.", "Blue, like the sea.")]
+    fast = expected_scores(model, tok, prompts, batch_size=2, padding_side=padding_side)
+    monkeypatch.setattr(scoring, "_digit_head", lambda model, digit_ids: None)
+    slow = expected_scores(model, tok, prompts, batch_size=2, padding_side=padding_side)
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
+    assert len(set(np.round(fast, 4))) == 2, "two different prompts, two different scores"
