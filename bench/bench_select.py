@@ -232,16 +232,23 @@ def fit_points(steps: list[tuple[int, float]], probes: list[tuple[int, float]]) 
 # ---------------------------------------------------------------------------------------------
 
 
-def minimum_matmul_time(pool: np.ndarray, rows: np.ndarray, kept_rows: np.ndarray, block: int = 4096) -> float:
-    """Time of the (scanned x d) @ (budget x d)^T float32 matmul, row blocks of `block`, data prepared."""
-    kept = torch.from_numpy(np.ascontiguousarray(pool[np.sort(kept_rows)], dtype=np.float32))
-    cand = [
-        torch.from_numpy(np.ascontiguousarray(pool[rows[s : s + block]], dtype=np.float32))
+def minimum_matmul_time(pool: np.ndarray, rows: np.ndarray, kept_rows: np.ndarray, block: int = 1024) -> float:
+    """Time of the matmuls the greedy rule needs at minimum, float32, data prepared beforehand.
+
+    `rows` are the scanned candidates in scan order, `kept_rows` the kept ones in selection order
+    (also scan order). Each block of candidates is multiplied only by the rows kept before the
+    block starts, the work any exact implementation must do (comparisons inside a block are extra).
+    """
+    kept = torch.from_numpy(np.ascontiguousarray(pool[kept_rows], dtype=np.float32))
+    kept_before = np.concatenate([[0], np.cumsum(np.isin(rows, kept_rows))])
+    work = [
+        (torch.from_numpy(np.ascontiguousarray(pool[rows[s : s + block]], dtype=np.float32)), int(kept_before[s]))
         for s in range(0, len(rows), block)
     ]
     t0 = time.perf_counter()
-    for c in cand:
-        (c @ kept.T).max(dim=1)
+    for cand, n_kept in work:
+        if n_kept:
+            (cand @ kept[:n_kept].T).max(dim=1)
     return time.perf_counter() - t0
 
 
@@ -318,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
         t_min = minimum_matmul_time(pool, stats.candidates, stats.indices)
         print(
-            f"minimum matmul ({stats.scanned} x {args.dim}) @ ({len(stats.indices)} x {args.dim})^T: {t_min:.2f} s; "
+            f"minimum matmul ({stats.scanned} scanned x {args.dim}, each block against the rows kept before it): {t_min:.2f} s; "
             f"ours / minimum = {t_ours / t_min:.2f}x"
         )
 

@@ -132,6 +132,7 @@ class LLMClient:
             "prompt_tokens": 0,
             "completion_tokens": 0,
         }
+        self._job_usage: dict[str, tuple[int, int]] = {}  # every answered request served, cached or not
 
     # ------------------------------------------------------------------ keys and cache
 
@@ -170,15 +171,25 @@ class LLMClient:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counters since construction; cost covers sent requests only (cache hits are free)."""
+        """Counters since construction. `cost_usd` covers the requests sent now (cache hits are free);
+        the `job_*` figures cover every answered request served, with a cached answer's usage as billed
+        when it was first sent: a job's whole spend, summed over a killed run and its rerun."""
         with self._lock:
             out: dict[str, Any] = dict(self._stats)
-        out["cost_usd"] = round(
-            out["prompt_tokens"] * self.config.price_per_1m_prompt_tokens / 1e6
-            + out["completion_tokens"] * self.config.price_per_1m_completion_tokens / 1e6,
+            job = list(self._job_usage.values())
+        out["cost_usd"] = self._cost(out["prompt_tokens"], out["completion_tokens"])
+        out["job_requests"] = len(job)
+        out["job_prompt_tokens"] = sum(p for p, _ in job)
+        out["job_completion_tokens"] = sum(c for _, c in job)
+        out["job_cost_usd"] = self._cost(out["job_prompt_tokens"], out["job_completion_tokens"])
+        return out
+
+    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return round(
+            prompt_tokens * self.config.price_per_1m_prompt_tokens / 1e6
+            + completion_tokens * self.config.price_per_1m_completion_tokens / 1e6,
             6,
         )
-        return out
 
     def _bump(self, **deltas: int) -> None:
         with self._lock:
@@ -195,7 +206,7 @@ class LLMClient:
         raw = self._cache_get(key)
         if raw is not None:
             self._bump(cache_hits=1)
-            return _completion(raw, key, cached=True)
+            return self._served(raw, key, cached=True)
         with self._lock:
             pending = self._inflight.get(key)
             owner = pending is None
@@ -204,13 +215,13 @@ class LLMClient:
         if not owner:
             result = pending.result()
             self._bump(cache_hits=1)
-            return _completion(result, key, cached=True)
+            return self._served(result, key, cached=True)
         try:
             raw = self._cache_get(key)  # a twin may have finished between the first look and the lock
             if raw is not None:
                 self._bump(cache_hits=1)
                 pending.set_result(raw)
-                return _completion(raw, key, cached=True)
+                return self._served(raw, key, cached=True)
             raw = self._send_with_retries(key, list(messages), params)
         except BaseException as e:
             pending.set_exception(e)
@@ -220,7 +231,17 @@ class LLMClient:
         finally:
             with self._lock:
                 self._inflight.pop(key, None)
-        return _completion(raw, key, cached=False)
+        return self._served(raw, key, cached=False)
+
+    def _served(self, raw: dict, key: str, cached: bool) -> Completion:
+        """Record the usage of an answered request once (a cached answer carries what its first run paid)."""
+        result = _completion(raw, key, cached)
+        usage = result.usage
+        with self._lock:
+            self._job_usage.setdefault(
+                key, (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+            )
+        return result
 
     def _send_with_retries(self, key: str, messages: list[dict], params: dict[str, Any]) -> dict:
         attempts = 0

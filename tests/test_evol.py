@@ -375,13 +375,18 @@ def test_mutation_mix_option(tmp_path):
 
 def test_rerun_is_free_and_identical(reference, tmp_path):
     with StubOpenAIServer(evol_responder) as server:
-        build_evol_sets(_config(tmp_path, server.base_url))
+        first_counts = build_evol_sets(_config(tmp_path, server.base_url))
         first = _files(tmp_path)
         sent = server.request_count
         counts = build_evol_sets(_config(tmp_path, server.base_url))
         assert server.request_count == sent == FULL_RUN_REQUESTS
     assert _files(tmp_path) == first == reference["files"]
     assert counts["llm"]["requests_sent"] == 0 and counts["llm"]["cache_hits"] == FULL_RUN_REQUESTS
+    # the rerun paid nothing, yet its job totals still say what the whole job cost
+    assert counts["llm"]["prompt_tokens"] == 0 < counts["llm"]["job_prompt_tokens"]
+    for k in ("job_requests", "job_prompt_tokens", "job_completion_tokens"):
+        assert counts["llm"][k] == first_counts["llm"][k]
+    assert first_counts["llm"]["job_prompt_tokens"] == first_counts["llm"]["prompt_tokens"]
 
 
 @pytest.mark.parametrize(
