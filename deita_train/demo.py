@@ -248,47 +248,24 @@ def stage_publish(out: Path, model: Path, mt_bench: Path) -> dict[str, Any]:
 
 
 def stage_report(out: Path, run_dir: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Plots (score histograms, selection curve, loss curves) and a Markdown summary of the whole run."""
-    import json
-    import shutil
+    """Plots (score histograms, selection curve, loss curves, MT-Bench radar) and a Markdown summary."""
+    from deita_train.report import build_report
 
-    from deita_train.report import loss_curves, score_histograms, selection_curve, write_report
-
-    out.mkdir(parents=True, exist_ok=True)
-    figures: dict[str, str] = {}
-    out_summary: dict[str, Any] = {}
-    scored = run_dir / "score" / "scored.jsonl"
-    if scored.exists():
-        out_summary |= score_histograms(scored, out / "score_histograms.png")
-        figures["Score histograms"] = "score_histograms.png"
-    stats_path = run_dir / "select" / "selection_stats.json"
-    if stats_path.exists():
-        stats = json.loads(stats_path.read_text())
-        curve = stats.get("kept_vs_scanned") or {}
-        if curve.get("kept"):
-            selection_curve(curve["scanned"], curve["kept"], out / "selection_curve.png", stats.get("budgets", []))
-            figures["Selection curve (kept vs scanned)"] = "selection_curve.png"
-    states = {
-        name: p
-        for name, p in {
+    table = run_dir / "mt_bench" / "table.txt"
+    return build_report(
+        out,
+        records,
+        scored=run_dir / "score" / "scored.jsonl",
+        selection_stats=run_dir / "select" / "selection_stats.json",
+        trainer_states={
             "scorer: complexity": run_dir / "scorers" / "complexity" / "trainer_state.json",
             "scorer: quality": run_dir / "scorers" / "quality" / "trainer_state.json",
             "SFT": run_dir / "sft" / "trainer_state.json",
             "DPO": run_dir / "dpo" / "trainer_state.json",
-        }.items()
-        if p.exists()
-    }
-    if states:
-        out_summary["loss"] = loss_curves(states, out / "loss_curves.png")
-        figures["Training loss"] = "loss_curves.png"
-    radar = run_dir / "mt_bench" / "mt_bench_radar.png"
-    if radar.exists():
-        shutil.copyfile(radar, out / radar.name)
-        figures["MT-Bench (radar)"] = radar.name
-    table_path = run_dir / "mt_bench" / "table.txt"
-    eval_table = table_path.read_text() if table_path.exists() else None
-    path = write_report(out, records, figures, eval_table)
-    return {"report": str(path), "figures": len(figures)}
+        },
+        eval_table=table.read_text() if table.exists() else None,
+        extra_figures={"MT-Bench (radar)": run_dir / "mt_bench" / "mt_bench_radar.png"},
+    )
 
 
 def build_stages(cfg: DemoConfig) -> list[Stage]:

@@ -124,3 +124,93 @@ def write_report(
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def build_report(
+    out_dir: str | Path,
+    stage_records: Sequence[Mapping[str, Any]],
+    *,
+    scored: str | Path | None = None,
+    selection_stats: str | Path | None = None,
+    trainer_states: Mapping[str, str | Path] | None = None,
+    eval_summary: str | Path | None = None,
+    eval_table: str | None = None,
+    extra_figures: Mapping[str, str | Path] | None = None,
+) -> dict[str, Any]:
+    """Every figure the given files allow, plus `report.md`; missing files are skipped, not errors.
+
+    `eval_summary` is an MT-Bench summary JSON (`eval/mt_bench.py show`); its table is rendered with
+    the failure counts, so a partial evaluation shows as partial.
+    """
+    import shutil
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, str] = {}
+    summary: dict[str, Any] = {}
+    if scored is not None and Path(scored).exists():
+        summary |= score_histograms(scored, out_dir / "score_histograms.png")
+        figures["Score histograms"] = "score_histograms.png"
+    if selection_stats is not None and Path(selection_stats).exists():
+        stats = json.loads(Path(selection_stats).read_text())
+        curve = stats.get("kept_vs_scanned") or {}
+        if curve.get("kept"):
+            selection_curve(curve["scanned"], curve["kept"], out_dir / "selection_curve.png", stats.get("budgets", []))
+            figures["Selection curve (kept vs scanned)"] = "selection_curve.png"
+    states = {name: p for name, p in (trainer_states or {}).items() if Path(p).exists()}
+    if states:
+        summary["loss"] = loss_curves(states, out_dir / "loss_curves.png")
+        figures["Training loss"] = "loss_curves.png"
+    for title, png in (extra_figures or {}).items():
+        if Path(png).exists():
+            shutil.copyfile(png, out_dir / Path(png).name)
+            figures[title] = Path(png).name
+    if eval_table is None and eval_summary is not None and Path(eval_summary).exists():
+        from deita_train.evaluation.mt_bench import format_summary
+
+        eval_table = format_summary(json.loads(Path(eval_summary).read_text()), allow_failures=True)
+    path = write_report(out_dir, stage_records, figures, eval_table)
+    return summary | {"report": str(path), "figures": len(figures)}
+
+
+def stage_records_of(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The `stage.json` records a `StageRunner` left in `run_dir`, oldest first."""
+    records = [json.loads(p.read_text()) for p in Path(run_dir).glob("*/stage.json")]
+    return sorted(records, key=lambda r: Path(run_dir, r["name"], "stage.json").stat().st_mtime)
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    """`python -m deita_train.report --run_dir DIR --out DIR [--scored ...] [--trainer_state NAME=PATH ...]`."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Plots and a Markdown summary of a pipeline run.")
+    p.add_argument("--run_dir", required=True, help="the pipeline's run_dir (its stage records)")
+    p.add_argument("--out", required=True, help="where report.md and the PNGs go")
+    p.add_argument("--scored", help="scored.jsonl of the scoring step")
+    p.add_argument("--selection_stats", help="selection_stats.json of the select step")
+    p.add_argument("--trainer_state", action="append", default=[], help="NAME=path/to/trainer_state.json")
+    p.add_argument("--eval_summary", help="MT-Bench summary JSON written by `eval/mt_bench.py show`")
+    p.add_argument("--figure", action="append", default=[], help="TITLE=path/to/existing.png to include")
+    ns = p.parse_args(args)
+
+    def pairs(items: list[str]) -> dict[str, str]:
+        bad = [i for i in items if "=" not in i]
+        if bad:
+            p.error(f"expected NAME=PATH, got {bad}")
+        return dict(i.split("=", 1) for i in items)
+
+    result = build_report(
+        ns.out,
+        stage_records_of(ns.run_dir),
+        scored=ns.scored,
+        selection_stats=ns.selection_stats,
+        trainer_states=pairs(ns.trainer_state),
+        eval_summary=ns.eval_summary,
+        extra_figures=pairs(ns.figure),
+    )
+    print(f"report: {result['report']} ({result['figures']} figures)")
+    return result
+
+
+if __name__ == "__main__":
+    main()

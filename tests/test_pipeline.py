@@ -16,12 +16,12 @@ def test_real_pipeline_recipe_parses_and_names_existing_recipes(capsys, monkeypa
     monkeypatch.chdir(REPO)
     main(["--config", "recipes/pipeline/deita-7b-v1.0.yaml", "--dry_run", "true", "--run_dir", "/nonexistent/x"])
     out = capsys.readouterr().out
-    assert "[1/17] seeds (would run)" in out and "[2/17] pool (would run)" in out and "-m deita_train.dpo" in out
+    assert "[1/18] seeds (would run)" in out and "[2/18] pool (would run)" in out and "-m deita_train.dpo" in out
     cfg = PipelineConfig(**yaml.safe_load((REPO / "recipes/pipeline/deita-7b-v1.0.yaml").read_text()))
     for spec in cfg.stages:
         for r in spec.get("recipes", []):
             assert (REPO / r).is_file(), f"stage {spec['name']} names a missing recipe {r}"
-    assert [s.name for s in build_stages(cfg)][-1] == "publish"
+    assert [s.name for s in build_stages(cfg)][-2:] == ["publish", "report"]
 
 
 def test_runner_runs_commands_in_order_and_skips_unchanged(tmp_path, monkeypatch):

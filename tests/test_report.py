@@ -49,3 +49,19 @@ def test_demo_pool_and_tokenize_stages(tmp_path, tiny_mistral):
     assert "ASSISTANT:[[" in sample and sample.endswith("]]"), (
         "at 64 tokens the reply is cut: its head stays supervised"
     )
+
+
+def test_report_command_reads_the_pipelines_stage_records(tmp_path):
+    from deita_train.report import main
+
+    run = tmp_path / "pipeline"
+    for i, name in enumerate(("pool", "sft")):
+        (run / name).mkdir(parents=True)
+        rec = {"name": name, "stamp": "x", "seconds": 1.0 + i, "summary": {"n": 10 * (i + 1)}, "reused": False}
+        (run / name / "stage.json").write_text(json.dumps(rec))
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps({"log_history": [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]}))
+    result = main(["--run_dir", str(run), "--out", str(tmp_path / "report"), "--trainer_state", f"SFT={state}"])
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert result["figures"] == 1 and result["loss"]["SFT"] == {"first_loss": 1.0, "last_loss": 0.5, "steps": 2}
+    assert "| pool | ran | 1.0 | n=10 |" in text and "| sft | ran | 2.0 | n=20 |" in text
