@@ -78,3 +78,26 @@ def write_random_pool(
         rows.append({"id": f"rec-{i:03d}", "conversations": conv, **({"n": i} if index_key else {})})
     rows.insert(broken_at, {"id": "broken", "conversations": [{"from": "human", "value": broken_value}]})
     write_jsonl(path, rows)
+
+
+def run_until_chunks_then_sigkill(
+    cmd: list[str], env: dict, chunks: Path, pattern: str, log: Path, n: int = 3
+) -> dict:
+    """Start `cmd`, SIGKILL it once `n` chunk files matching `pattern` exist in `chunks`, and return the
+    finished chunks as {name: mtime_ns} (for checking that a rerun keeps them untouched)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if chunks.is_dir() and len(list(chunks.glob(pattern))) >= n:
+                break
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    return {p.name: p.stat().st_mtime_ns for p in chunks.glob(pattern)}

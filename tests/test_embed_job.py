@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_random_pool
+from conftest import run_until_chunks_then_sigkill, write_random_pool
 
 from deita_train.embedding import EmbedConfig, embed_pool
 from deita_train.sharded import DistInfo
@@ -80,17 +78,9 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(job, tmp_path):
     root, args = job
     out = tmp_path / "killed"
     chunks = out / "chunks"
-    with open(tmp_path / "run1.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, *_cli(args, out)], env=_env(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if chunks.is_dir() and len(list(chunks.glob("chunk-*.npz"))) >= 3:
-                break
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, (tmp_path / "run1.log").read_text()[-3000:]
-    survived = {p.name: p.stat().st_mtime_ns for p in chunks.glob("chunk-*.npz")}
+    survived = run_until_chunks_then_sigkill(
+        [sys.executable, *_cli(args, out)], _env(), chunks, "chunk-*.npz", tmp_path / "run1.log"
+    )
     assert 3 <= len(survived) < N_RECORDS, "the kill must land mid-run"
     assert not (out / "embeddings.npy").exists() and not (out / "manifest.json").exists()
 

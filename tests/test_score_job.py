@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_random_pool
+from conftest import run_until_chunks_then_sigkill, write_random_pool
 
 from deita_train.jsonl import read_jsonl
 from deita_train.scoring import ScoreConfig, score_pool
@@ -81,17 +79,9 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(job, tmp_path):
     root, args = job
     out = tmp_path / "killed"
     chunks = out / "chunks"
-    with open(tmp_path / "run1.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, *_cli(args, out)], env=_env(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            if chunks.is_dir() and len(list(chunks.glob("chunk-*.jsonl"))) >= 3:
-                break
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, (tmp_path / "run1.log").read_text()[-3000:]
-    survived = {p.name: p.stat().st_mtime_ns for p in chunks.glob("chunk-*.jsonl")}
+    survived = run_until_chunks_then_sigkill(
+        [sys.executable, *_cli(args, out)], _env(), chunks, "chunk-*.jsonl", tmp_path / "run1.log"
+    )
     assert 3 <= len(survived) < N_RECORDS, "the kill must land mid-run"
     assert not (out / "scored.jsonl").exists()
 
