@@ -136,7 +136,9 @@ def _digit_head(model: Any, digit_ids: Any) -> tuple[Any, Any] | None:
     return head.weight[digit_ids], (None if bias is None else bias[digit_ids])
 
 
-def _batch_logits(model: Any, rows: list[list[int]], digit_ids: Any, padding_side: str, pad_id: int) -> Any:
+def _batch_logits(
+    model: Any, rows: list[list[int]], digit_ids: Any, padding_side: str, pad_id: int, head: tuple[Any, Any] | None
+) -> Any:
     """The six digit logits (float32, shape (B, 6)) at the position after each row's last token.
 
     Only the digits' six rows of the output projection are applied to the final hidden state at the
@@ -157,7 +159,6 @@ def _batch_logits(model: Any, rows: list[list[int]], digit_ids: Any, padding_sid
     pos = (mask.cumsum(-1) - 1).clamp(min=0) if padding_side == "left" else None
     last_index = torch.full((len(rows),), width - 1, device=device) if padding_side == "left" else mask.sum(-1) - 1
     rows_index = torch.arange(len(rows), device=device)
-    head = _digit_head(model, digit_ids)
     if head is not None:
         hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
         last = hidden.last_hidden_state[rows_index, last_index]
@@ -196,9 +197,12 @@ def score_token_ids(
     order = sorted(range(len(token_ids)), key=lambda i: -len(token_ids[i]))
     digit_idx = torch.tensor(list(digit_ids), dtype=torch.long, device=model.device)
     with torch.inference_mode():
+        head = _digit_head(model, digit_idx)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            logits = _batch_logits(model, [list(token_ids[i]) for i in idx], digit_idx, padding_side, pad_token_id)
+            logits = _batch_logits(
+                model, [list(token_ids[i]) for i in idx], digit_idx, padding_side, pad_token_id, head
+            )
             out[idx] = expected_from_logits(logits.double().cpu().numpy())
     return out
 
@@ -537,9 +541,9 @@ def score_pool(config: ScoreConfig) -> dict[str, Any]:
     """
     from tqdm.auto import tqdm
 
-    from deita_train.jsonl import file_sha256, write_jsonl
+    from deita_train.jsonl import file_sha256, read_jsonl, write_jsonl
     from deita_train.manifest import write_manifest
-    from deita_train.sharded import ShardedJob, dist_info, fingerprint, load_jsonl_chunk, save_jsonl_chunk
+    from deita_train.sharded import ShardedJob, dist_info, fingerprint
 
     dist = dist_info()
     out_dir = Path(config.output_dir)
@@ -586,7 +590,7 @@ def score_pool(config: ScoreConfig) -> dict[str, Any]:
             chunk = [by_id[rid] for rid in job.chunk_ids(k)]
             scored, rejected = score_records(chunk, scorers.get("complexity"), scorers.get("quality"))
             lines = [{"id": r["id"], "scored": r} for r in scored] + [{"id": r["id"], "rejected": r} for r in rejected]
-            save_jsonl_chunk(job.chunk_path(k), lines)
+            write_jsonl(job.chunk_path(k), lines)
     dist.barrier()
 
     manifest_path = out_dir / "manifest.json"
@@ -594,7 +598,7 @@ def score_pool(config: ScoreConfig) -> dict[str, Any]:
         results: dict[str, dict[str, Any]] = {}
         for k in range(job.n_chunks):
             expected = job.chunk_ids(k)
-            lines = load_jsonl_chunk(job.chunk_path(k))
+            lines = read_jsonl(job.chunk_path(k))
             got = [line["id"] for line in lines]
             if sorted(got) != sorted(expected):
                 raise RuntimeError(f"{job.chunk_path(k)} does not hold exactly the ids of chunk {k}")

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from deita_train.jsonl import read_jsonl, write_json
+from deita_train.jsonl import write_json
 
 
 class PlanMismatchError(RuntimeError):
@@ -131,17 +131,6 @@ class ShardedJob:
 
     def done(self) -> bool:
         return all(self.chunk_path(k).exists() for k in range(self.n_chunks))
-
-
-def save_jsonl_chunk(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Atomically write a chunk of JSON records."""
-    from deita_train.jsonl import write_jsonl
-
-    write_jsonl(path, records)
-
-
-def load_jsonl_chunk(path: Path) -> list[dict[str, Any]]:
-    return read_jsonl(path)
 
 
 def save_array_chunk(path: Path, ids: Sequence[str], array: np.ndarray, **extra: np.ndarray) -> None:
